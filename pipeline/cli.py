@@ -1,0 +1,113 @@
+"""The ``jst`` command line: run pipeline stages, inspect models, validate parameters."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    help="jst-pipeline: joint search-and-training pruning, shipped as ONNX.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+STAGES = ("prepare", "search", "finetune", "export", "evaluate")
+
+
+def _run(stage: str) -> None:
+    from stages.common import run_stage
+
+    run_stage(importlib.import_module(f"stages.{stage}").main)
+
+
+@app.command()
+def prepare() -> None:
+    """Load the data set and write seeded, stratified train/val/test splits."""
+    _run("prepare")
+
+
+@app.command()
+def search() -> None:
+    """Search the compact architecture with search.method (within search.target_flops)."""
+    _run("search")
+
+
+@app.command()
+def finetune() -> None:
+    """Fine-tune the searched compact model."""
+    _run("finetune")
+
+
+@app.command("export")
+def export_() -> None:
+    """Export the compact model (and the dense reference) to ONNX, with a parity check."""
+    _run("export")
+
+
+@app.command()
+def evaluate() -> None:
+    """Accuracy and latency with ONNX Runtime; registers the model in MLflow."""
+    _run("evaluate")
+
+
+@app.command()
+def validate(params: Path = typer.Option(Path("params.yaml"), help="Parameters file.")) -> None:
+    """Check a parameters file and print the resolved configuration."""
+    from pipeline.config import load_config
+    from pipeline.errors import PipelineError
+
+    try:
+        cfg = load_config(params)
+    except PipelineError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(cfg.model_dump(), indent=2))
+
+
+@app.command()
+def models() -> None:
+    """List the registered model architectures."""
+    from pipeline.models import available_models
+
+    typer.echo("\n".join(available_models()))
+
+
+@app.command()
+def methods() -> None:
+    """List the search methods."""
+    from pipeline.methods import available_methods
+
+    typer.echo("\n".join(available_methods()))
+
+
+@app.command()
+def inspect(
+    model_dir: Path = typer.Argument(Path("models/compact"), help="Folder with arch.json + weights."),
+) -> None:
+    """Rebuild a compact model from its spec and weights; print widths, FLOPs, parameters."""
+    from pipeline.artifacts import load_compact
+    from pipeline.errors import PipelineError
+    from pipeline.pruning.flops import count_flops, count_params
+    from pipeline.pruning.slicing import build_model, dense_spec
+
+    try:
+        spec, model = load_compact(model_dir)
+    except PipelineError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    dense = dense_spec(spec.model, spec.input_shape, spec.num_classes)
+    dense_flops = count_flops(build_model(dense), spec.input_shape)
+    flops = count_flops(model, spec.input_shape)
+    typer.echo(f"model {spec.model}  input {list(spec.input_shape)}  classes {spec.num_classes}")
+    typer.echo(f"sha256 {spec.sha256}")
+    typer.echo(f"FLOPs {flops / 1e6:.2f} M ({flops / dense_flops:.3f} of dense)  "
+               f"params {count_params(model) / 1e6:.3f} M")
+    for group, width in spec.widths.items():
+        typer.echo(f"  {group:<28} {width:>5} / {dense.widths[group]}")
+
+
+if __name__ == "__main__":
+    app()

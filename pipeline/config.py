@@ -1,0 +1,181 @@
+"""The pipeline's parameters (params.yaml), validated once at the edge.
+
+Every stage loads the *whole* file through ``load_config``, so a bad value anywhere is
+reported by the first stage that runs, before any work starts and before any output is
+touched. Errors name the parameter and say what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline.errors import ConfigError
+
+DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    dataset: str = "digits"
+    root: str = "data/raw"
+    download: bool = False
+    image_size: int | None = Field(None, ge=4, le=1024)
+    val_fraction: float = Field(0.15, gt=0, lt=1)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, v: str) -> str:
+        if v not in DATASETS:
+            raise ValueError(f"unknown data set {v!r}; choose one of {', '.join(DATASETS)}")
+        return v
+
+
+class ModelConfig(_Section):
+    arch: str = "resnet20"
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, v: str) -> str:
+        from pipeline.models import available_models
+
+        if v not in available_models():
+            raise ValueError(f"unknown model {v!r}; choose one of {', '.join(available_models())}")
+        return v
+
+
+class AugmentConfig(_Section):
+    crop_padding: int = Field(0, ge=0, le=64)
+    hflip: bool = False
+
+
+class TrainConfig(_Section):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = Field(128, ge=1, le=65536)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0, lt=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    augment: AugmentConfig = AugmentConfig()
+
+
+class SlimmingConfig(_Section):
+    sparsity: float = Field(1e-4, ge=0, le=1)
+
+
+class SearchConfig(_Section):
+    method: str = "l1"
+    target_flops: float = 0.5
+    epochs: int = Field(10, ge=0, le=10000)
+    lr: float = Field(0.1, gt=0, le=10)
+    k_min: int = Field(1, ge=1)
+    round_to: int = Field(1, ge=1, le=256)
+    prune_residual: bool = True
+    slimming: SlimmingConfig = SlimmingConfig()
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        from pipeline.methods import available_methods
+
+        if v not in available_methods():
+            raise ValueError(f"unknown method {v!r}; choose one of {', '.join(available_methods())}")
+        return v
+
+    @field_validator("target_flops")
+    @classmethod
+    def _budget_in_range(cls, v: float) -> float:
+        if not 0 < v <= 1:
+            raise ValueError(
+                "must be in (0, 1] (the fraction of the dense FLOPs to keep)"
+            )
+        return v
+
+
+class FinetuneConfig(_Section):
+    epochs: int = Field(10, ge=0, le=10000)
+    lr: float = Field(0.02, gt=0, le=10)
+
+
+class ExportConfig(_Section):
+    opset: int = Field(18, ge=13, le=23)
+    tolerance: float = Field(1e-4, gt=0)
+
+
+class EvaluateConfig(_Section):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 64], min_length=1)
+    warmup: int = Field(10, ge=0)
+    repeats: int = Field(50, ge=1)
+    threads: int | None = Field(None, ge=1)
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive_batches(cls, v: list[int]) -> list[int]:
+        if any(b < 1 for b in v):
+            raise ValueError("every batch size must be >= 1")
+        return v
+
+
+class TrackingConfig(_Section):
+    experiment: str = Field("jst-pipeline", min_length=1)
+    registered_model: str = Field("jst-compact", min_length=1)
+    alias: str = Field("newest", min_length=1)
+
+    @field_validator("alias")
+    @classmethod
+    def _not_reserved(cls, v: str) -> str:
+        if v.lower() == "latest":
+            raise ValueError("'latest' is reserved by MLflow; use another alias, e.g. 'newest'")
+        return v
+
+
+class PipelineConfig(_Section):
+    seed: int = Field(0, ge=0, lt=2**31)
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    search: SearchConfig = SearchConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    export: ExportConfig = ExportConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+
+def parse_config(raw: Any, source: str = "params.yaml") -> PipelineConfig:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections at the top level.")
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, source)) from None
+
+
+def load_config(path: Path | str = "params.yaml") -> PipelineConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: parameters file not found; run from the repository root.")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse_config(raw, str(path))
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid parameters:"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        message = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            message = "unknown parameter; remove it or check its spelling"
+        lines.append(f"  {field}: {message} (got {e.get('input')!r})")
+    return "\n".join(lines)

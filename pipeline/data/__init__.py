@@ -1,0 +1,36 @@
+"""Data sets as in-memory uint8 splits: loading, splitting, storage and batching.
+
+See docs/CONTRACTS.md (pipeline/data) for the contract other modules rely on.
+"""
+
+from pipeline.data.datasets import DATASETS, load_dataset, resize_images
+from pipeline.data.loader import Augment, BatchLoader, augment_batch
+from pipeline.data.prepared import (
+    SPLIT_NAMES,
+    PreparedData,
+    Split,
+    channel_stats,
+    describe,
+    normalize,
+)
+from pipeline.data.splits import check_fractions, stratified_split
+from pipeline.data.storage import load_prepared, save_prepared
+
+__all__ = [
+    "DATASETS",
+    "SPLIT_NAMES",
+    "Augment",
+    "BatchLoader",
+    "PreparedData",
+    "Split",
+    "augment_batch",
+    "channel_stats",
+    "check_fractions",
+    "describe",
+    "load_dataset",
+    "load_prepared",
+    "normalize",
+    "resize_images",
+    "save_prepared",
+    "stratified_split",
+]

@@ -1,0 +1,170 @@
+"""Image-folder data sets: ``root/<class>/*.png|jpg|jpeg``, one subfolder per class.
+
+Two layouts are recognised:
+
+* flat: ``root/<class>/...``; the caller splits all images by the fractions.
+* split (ImageNet style): ``root/train/<class>/...`` plus ``root/val/<class>/...`` and/or
+  ``root/test/<class>/...``. With only one of val/ and test/, that folder is the test
+  split and validation is carved from train/; with both, each gives its own split.
+
+Scanning reads file names and image headers only, so a bad layout, an unreadable file or
+mismatched sizes are reported before any image is decoded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pipeline.errors import DataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_LAYOUT_HINT = "expected data.root/<class>/*.png|jpg|jpeg, or train/ plus val/ or test/"
+# Errors PIL raises for files it cannot identify, truncated data or absurd dimensions.
+_PIL_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+@dataclass(frozen=True)
+class ImageFiles:
+    """Image paths and their class indices."""
+
+    paths: list[Path]
+    labels: np.ndarray
+
+    def take(self, indices: Iterable[int]) -> ImageFiles:
+        indices = np.asarray(list(indices), dtype=np.int64)
+        return ImageFiles([self.paths[i] for i in indices], self.labels[indices])
+
+
+@dataclass(frozen=True)
+class FolderScan:
+    """Classes and files of an image folder; ``parts`` holds "all" or split names."""
+
+    classes: list[str]
+    parts: dict[str, ImageFiles]
+
+    @property
+    def is_flat(self) -> bool:
+        return "all" in self.parts
+
+
+def scan_image_folder(root: Path) -> FolderScan:
+    """List the classes and image files under ``root`` (either layout)."""
+    if not root.is_dir():
+        raise DataError(f"data.root '{root}' does not exist or is not a folder; {_LAYOUT_HINT}.")
+    holdouts = [name for name in ("val", "test") if (root / name).is_dir()]
+    if not ((root / "train").is_dir() and holdouts):
+        classes = _class_folders(root)
+        return FolderScan(classes, {"all": _list_images(root, classes)})
+    classes = _class_folders(root / "train")
+    parts = {"train": _list_images(root / "train", classes)}
+    if holdouts == ["val"]:
+        parts["test"] = _list_images(root / "val", classes)
+    else:
+        parts.update({name: _list_images(root / name, classes) for name in holdouts})
+    return FolderScan(classes, parts)
+
+
+def _class_folders(directory: Path) -> list[str]:
+    classes = sorted(
+        entry.name
+        for entry in directory.iterdir()
+        if entry.is_dir() and not entry.name.startswith(".")
+    )
+    if not classes:
+        raise DataError(f"No class folders found under '{directory}'; {_LAYOUT_HINT}.")
+    return classes
+
+
+def _list_images(directory: Path, classes: Sequence[str]) -> ImageFiles:
+    """Images of every class folder in ``directory``; folders must be known classes."""
+    index = {name: i for i, name in enumerate(classes)}
+    paths: list[Path] = []
+    labels: list[int] = []
+    for name in _class_folders(directory):
+        if name not in index:
+            raise DataError(
+                f"Class folder '{directory / name}' has no counterpart in the train "
+                f"classes {list(classes)}; rename or remove it."
+            )
+        files = _image_files(directory / name)
+        paths.extend(files)
+        labels.extend([index[name]] * len(files))
+    return ImageFiles(paths, np.asarray(labels, dtype=np.int64))
+
+
+def _image_files(folder: Path) -> list[Path]:
+    files = sorted(
+        entry
+        for entry in folder.iterdir()
+        if entry.is_file()
+        and not entry.name.startswith(".")
+        and entry.suffix.lower() in IMAGE_SUFFIXES
+    )
+    if not files:
+        raise DataError(
+            f"Class folder '{folder}' has no images ({', '.join(IMAGE_SUFFIXES)}); add images "
+            f"or remove the folder."
+        )
+    return files
+
+
+def check_images(paths: Sequence[Path], image_size: int | None) -> None:
+    """Open every header; without ``image_size`` all images must share one size."""
+    first_path, first_size = None, None
+    for path in paths:
+        size = _header_size(path)
+        if image_size is not None:
+            continue
+        if first_size is None:
+            first_path, first_size = path, size
+        elif size != first_size:
+            raise DataError(
+                f"Images differ in size: '{first_path}' is {first_size[0]}x{first_size[1]} "
+                f"but '{path}' is {size[0]}x{size[1]}. Set data.image_size to resize all "
+                f"images to one square size."
+            )
+
+
+def read_images(paths: Sequence[Path], image_size: int | None) -> torch.Tensor:
+    """Decode images as RGB uint8 N x 3 x H x W, resized to ``image_size`` when set."""
+    if not paths:
+        return torch.empty((0, 3, image_size or 1, image_size or 1), dtype=torch.uint8)
+    first = _decode(paths[0], image_size)
+    batch = np.empty((len(paths), *first.shape), dtype=np.uint8)
+    batch[0] = first
+    for i, path in enumerate(paths[1:], start=1):
+        batch[i] = _decode(path, image_size)
+    return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()
+
+
+def _header_size(path: Path) -> tuple[int, int]:
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except _PIL_ERRORS as error:
+        raise _unreadable(path, error) from error
+
+
+def _decode(path: Path, image_size: int | None) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB")
+    except _PIL_ERRORS as error:
+        raise _unreadable(path, error) from error
+    if image_size is not None:
+        # PIL's bilinear filter widens with the scale factor, so downsizing is antialiased.
+        rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def _unreadable(path: Path, error: Exception) -> DataError:
+    return DataError(
+        f"Cannot read image '{path}' ({error}); the file is corrupt or not an image. "
+        f"Replace or delete it."
+    )

@@ -1,0 +1,182 @@
+"""Evaluate ONNX models with ONNX Runtime: accuracy and latency.
+
+``select_providers`` and ``open_session`` choose the execution provider honestly:
+onnxruntime-gpu lists the CUDA provider as *available* even on machines without a GPU,
+so CUDA is requested only when torch sees a GPU, and a session that silently fell back to
+the CPU is reported loudly. ``measure_latency`` interleaves the sessions' runs so that
+machine noise affects the compared models alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from pipeline.errors import ArtifactError, ConfigError
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def select_providers(device: str) -> list[str]:
+    """Execution providers for ``device`` ("auto", "cpu" or "cuda"), preferred first.
+
+    "auto" uses CUDA when a GPU is visible and ONNX Runtime has the CUDA provider, else
+    the CPU; "cuda" without a usable GPU raises ``ConfigError`` (a ``PipelineError``).
+    """
+    if device not in DEVICES:
+        raise ConfigError(f"evaluate device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "cpu":
+        return [CPU]
+    gpu = torch.cuda.is_available()
+    cuda_ep = CUDA in ort.get_available_providers()
+    if gpu and cuda_ep:
+        return [CUDA, CPU]
+    if device == "cuda":
+        reason = "no CUDA GPU visible" if not gpu else "onnxruntime has no CUDA provider"
+        raise ConfigError(
+            f"device 'cuda' requested but {reason}; set train.device / the evaluate device "
+            "to 'auto' or 'cpu'"
+        )
+    return [CPU]
+
+
+def open_session(
+    path: str | os.PathLike, device: str, *, intra_op_threads: int | None = None
+) -> tuple[ort.InferenceSession, str]:
+    """Open ``path`` on ``device``; return the session and the provider that really runs it.
+
+    ``intra_op_threads`` fixes the CPU thread count (stable latency); None keeps ONNX
+    Runtime's default. A CUDA request that ends on the CPU is warned about loudly.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"ONNX model file {path} does not exist; run the export stage")
+    providers = select_providers(device)
+    options = ort.SessionOptions()
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1  # a sequential CNN graph gains nothing from more
+    if intra_op_threads is not None:
+        options.intra_op_num_threads = intra_op_threads
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
+        raise ArtifactError(f"ONNX Runtime cannot load {path}: {exc}") from exc
+    used = session.get_providers()[0]
+    if providers[0] == CUDA and used != CUDA:
+        _warn_fallback(path, used)
+    return session, used
+
+
+def _warn_fallback(path: Path, used: str) -> None:
+    message = (
+        f"CUDA EXECUTION PROVIDER FAILED TO LOAD for {path}: ONNX Runtime fell back to {used}. "
+        "Accuracy is unaffected but latencies are CPU numbers, not GPU ones. Check that the "
+        "CUDA/cuDNN libraries matching onnxruntime-gpu are installed, or set the device to 'cpu'."
+    )
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+    log.warning(message)
+
+
+def top_k_accuracy(
+    session: ort.InferenceSession,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch_size: int = 256,
+    ks: tuple[int, ...] = (1, 5),
+) -> dict[str, float]:
+    """Top-k accuracies (fractions in [0, 1]) keyed "top1", "top5", ...
+
+    ``images`` are normalized float32 N x C x H x W, ``labels`` int64 N. A k above the
+    number of classes is clipped to it (top5 of a 3-class model is 1.0).
+    """
+    if len(images) != len(labels) or len(images) == 0:
+        raise ValueError(f"need as many labels as images (> 0), got {len(images)}/{len(labels)}")
+    labels = np.asarray(labels, dtype=np.int64)
+    hits = dict.fromkeys(ks, 0)
+    for start in range(0, len(images), batch_size):
+        logits = _run(session, images[start : start + batch_size])
+        truth = labels[start : start + batch_size, None]
+        # Classes by descending score; column j holds each row's (j+1)-th best class.
+        ranked = np.argsort(-logits, axis=1, kind="stable")
+        for k in ks:
+            hits[k] += int(np.any(ranked[:, : min(k, logits.shape[1])] == truth, axis=1).sum())
+    return {f"top{k}": hits[k] / len(images) for k in ks}
+
+
+def measure_latency(
+    sessions: dict[str, ort.InferenceSession],
+    input_shape: tuple[int, int, int],
+    *,
+    batch_sizes: tuple[int, ...] = (1, 64),
+    warmup: int = 10,
+    repeats: int = 50,
+    seed: int = 0,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Time every session on the same random input, per batch size.
+
+    Runs are interleaved (each repeat runs every session once, the starting session
+    rotating) so that load spikes and clock changes hit all sessions alike. A run is one
+    ``session.run`` call, host-to-host (input copy and output copy included).
+
+    Returns ``{"batch_<B>": {<session name>: {"median_ms", "p90_ms", "mean_ms",
+    "repeats"}}}``, for example ``result["batch_64"]["compact"]["median_ms"]``.
+    """
+    if not sessions or warmup < 0 or repeats < 1:
+        raise ValueError("need at least one session, warmup >= 0 and repeats >= 1")
+    rng = np.random.default_rng(seed)
+    result = {}
+    for batch in batch_sizes:
+        x = rng.standard_normal((batch, *input_shape), dtype=np.float32)
+        feeds = {name: {s.get_inputs()[0].name: x} for name, s in sessions.items()}
+        for _ in range(warmup):
+            for name, session in sessions.items():
+                session.run(None, feeds[name])
+        times = _interleaved_times(sessions, feeds, repeats)
+        result[f"batch_{batch}"] = {name: _summary(ms) for name, ms in times.items()}
+    return result
+
+
+def speedup(dense_ms: float, compact_ms: float) -> float:
+    """How many times faster the compact model is (> 1 means faster)."""
+    return dense_ms / compact_ms
+
+
+def _interleaved_times(
+    sessions: dict[str, ort.InferenceSession], feeds: dict[str, dict], repeats: int
+) -> dict[str, list[float]]:
+    names = list(sessions)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        shift = r % len(names)  # rotate who goes first: no model always runs on a cold cache
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            sessions[name].run(None, feeds[name])
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def _summary(ms: list[float]) -> dict[str, float]:
+    values = np.asarray(ms)
+    return {
+        "median_ms": float(np.median(values)),
+        "p90_ms": float(np.percentile(values, 90)),
+        "mean_ms": float(values.mean()),
+        "repeats": len(values),
+    }
+
+
+def _run(session: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
+    feed = {session.get_inputs()[0].name: np.ascontiguousarray(x, dtype=np.float32)}
+    return session.run(None, feed)[0]

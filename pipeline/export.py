@@ -1,0 +1,226 @@
+"""Export a PyTorch CNN to a single, checked ONNX file.
+
+``export_onnx`` uses the torch.export-based exporter (``torch.onnx.export(dynamo=True)``),
+the default since PyTorch 2.9; the TorchScript exporter is deprecated. The file gets a
+dynamic batch axis, input ``"input"`` and output ``"logits"``, optional metadata_props,
+and is written atomically only after it has passed ``onnx.checker`` and matched PyTorch's
+outputs on real samples under ONNX Runtime.
+
+``check_onnx_matches`` refuses an ONNX file that does not fit an architecture spec, and
+``read_metadata`` returns a file's metadata_props.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from pipeline.errors import ArtifactError
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_SPEC_FIX = "the file does not belong to this architecture spec; re-run the export stage"
+_FORWARD_FIX = (
+    "the exported graph is not a classifier of any batch size; make the model's forward "
+    "keep the batch axis free (torch.flatten(x, 1), not x.view(<constant>, -1))"
+)
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What ``export_onnx`` wrote and how closely ONNX Runtime matched PyTorch."""
+
+    path: Path
+    opset: int
+    max_abs_diff: float
+    num_checked: int
+    input_name: str = INPUT_NAME
+    output_name: str = OUTPUT_NAME
+
+
+def export_onnx(
+    model: nn.Module,
+    input_shape: tuple[int, int, int],
+    path: str | os.PathLike,
+    *,
+    sample_inputs: torch.Tensor,
+    opset: int = 18,
+    metadata: dict[str, str] | None = None,
+    tolerance: float = 1e-4,
+) -> ExportReport:
+    """Export ``model`` (eval mode, CPU, float32) to ``path`` and verify it.
+
+    ``sample_inputs`` (N x C x H x W, real normalized data) are run through PyTorch and ONNX
+    Runtime at batch 1 and batch N; a largest absolute difference >= ``tolerance`` raises
+    ``ArtifactError``. An existing file at ``path`` is replaced only by a verified export.
+    """
+    path = Path(path)
+    samples = _check_samples(sample_inputs, input_shape)
+    # A copy, so that the caller's model keeps its device, dtype and train/eval mode.
+    model = copy.deepcopy(model).to(device="cpu", dtype=torch.float32).eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        proto = _export_proto(model, samples, opset, path)
+        onnx.helper.set_model_props(proto, dict(metadata or {}))
+        onnx.save_model(proto, tmp)  # weights inline: one self-contained file
+        _check_io(_checked_model(tmp, path), path, input_shape, None, fix=_FORWARD_FIX)
+        max_diff = _max_abs_diff(model, tmp, samples, path)
+        if not max_diff < tolerance:  # also catches NaN
+            raise ArtifactError(
+                f"ONNX export of {path} does not match PyTorch: largest absolute difference "
+                f"{max_diff:.3g} on {len(samples)} samples (tolerance {tolerance:g}); the model "
+                "uses an operator that ONNX Runtime computes differently; the file was not written"
+            )
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return ExportReport(path=path, opset=opset, max_abs_diff=max_diff, num_checked=len(samples))
+
+
+def check_onnx_matches(
+    path: str | os.PathLike, input_shape: tuple[int, int, int], num_classes: int
+) -> None:
+    """Raise ``ArtifactError`` unless ``path`` is a valid ONNX classifier of the given shape.
+
+    The model must take one N x C x H x W input with a dynamic batch axis and return one
+    N x ``num_classes`` output.
+    """
+    path = Path(path)
+    _check_io(_checked_model(path, path), path, input_shape, num_classes, fix=_SPEC_FIX)
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """Return the metadata_props of the ONNX file at ``path``."""
+    proto = _load(Path(path))
+    return {prop.key: prop.value for prop in proto.metadata_props}
+
+
+def _check_samples(sample_inputs: torch.Tensor, input_shape: tuple[int, int, int]) -> torch.Tensor:
+    shape = tuple(sample_inputs.shape)
+    if sample_inputs.ndim != 4 or shape[1:] != tuple(input_shape) or shape[0] < 1:
+        raise ValueError(
+            f"sample_inputs must be N x {' x '.join(map(str, input_shape))} with N >= 1, "
+            f"got {list(shape)}"
+        )
+    return sample_inputs.detach().to(device="cpu", dtype=torch.float32)
+
+
+def _export_proto(
+    model: nn.Module, samples: torch.Tensor, opset: int, path: Path
+) -> onnx.ModelProto:
+    # torch.export specializes a traced size of 1, so trace with two rows to keep N dynamic.
+    trace_input = samples[:2] if len(samples) >= 2 else samples.repeat(2, 1, 1, 1)
+    batch = torch.export.Dim("batch")
+    try:
+        program = torch.onnx.export(
+            model,
+            (trace_input,),
+            None,
+            dynamo=True,
+            dynamic_shapes=({0: batch},),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=opset,
+            verbose=False,
+        )
+    except Exception as exc:
+        reason = _ANSI.sub("", str(exc))  # torch colours its export errors
+        raise ArtifactError(
+            f"ONNX export of {path} failed: {type(exc).__name__}: {reason}"
+        ) from exc
+    return program.model_proto
+
+
+def _load(path: Path, shown: Path | None = None) -> onnx.ModelProto:
+    shown = shown or path
+    if not path.is_file():
+        raise ArtifactError(f"ONNX model file {shown} does not exist; run the export stage")
+    try:
+        return onnx.load(path)
+    except Exception as exc:  # protobuf raises DecodeError, among others
+        raise ArtifactError(
+            f"{shown} is not a readable ONNX model ({exc}); delete it and run the export stage"
+        ) from exc
+
+
+def _checked_model(file: Path, shown: Path) -> onnx.ModelProto:
+    """Load ``file`` and run the full onnx.checker (with shape inference); errors name ``shown``."""
+    proto = _load(file, shown)  # a clear message for files that are not ONNX at all
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:
+        raise ArtifactError(
+            f"{shown} is not a valid ONNX model: {exc}; delete it and run the export stage"
+        ) from exc
+    return proto
+
+
+def _check_io(
+    proto: onnx.ModelProto,
+    shown: Path,
+    input_shape: tuple[int, int, int],
+    num_classes: int | None,
+    *,
+    fix: str,
+) -> None:
+    """Check one N x C x H x W input (N dynamic) and one N x classes output."""
+    graph = proto.graph
+    initializers = {init.name for init in graph.initializer}
+    inputs = [value for value in graph.input if value.name not in initializers]
+    if len(inputs) != 1 or len(graph.output) != 1:
+        raise ArtifactError(
+            f"{shown} has {len(inputs)} inputs and {len(graph.output)} outputs; an image "
+            f"classifier needs exactly one of each; {fix}"
+        )
+    in_dims = _dims(inputs[0])
+    if len(in_dims) != 4 or in_dims[1:] != list(input_shape) or isinstance(in_dims[0], int):
+        raise ArtifactError(
+            f"{shown} takes input of shape {in_dims}, expected [batch, "
+            f"{', '.join(map(str, input_shape))}] with a dynamic batch axis; {fix}"
+        )
+    out_dims = _dims(graph.output[0])
+    if len(out_dims) != 2 or (num_classes is not None and out_dims[1] != num_classes):
+        classes = "num_classes" if num_classes is None else num_classes
+        raise ArtifactError(
+            f"{shown} returns output of shape {out_dims}, expected [batch, {classes}]; {fix}"
+        )
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
+    """Static sizes as ints, symbolic or unknown sizes as their name (or '?')."""
+    return [
+        dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or "?")
+        for dim in value.type.tensor_type.shape.dim
+    ]
+
+
+def _max_abs_diff(model: nn.Module, file: Path, samples: torch.Tensor, shown: Path) -> float:
+    """Largest |ORT - PyTorch| over ``samples`` run at batch 1 and at batch N (NaN kept)."""
+    session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+    full = samples if len(samples) >= 2 else samples.repeat(2, 1, 1, 1)
+    diffs = []
+    for batch in (samples[:1], full):
+        with torch.no_grad():
+            expected = model(batch).numpy()
+        actual = session.run([OUTPUT_NAME], {INPUT_NAME: batch.numpy()})[0]
+        if actual.shape != expected.shape:
+            raise ArtifactError(
+                f"ONNX export of {shown} returns shape {list(actual.shape)} at batch "
+                f"{len(batch)}, PyTorch {list(expected.shape)}; the batch axis is not dynamic"
+            )
+        diffs.append(np.max(np.abs(actual - expected)))
+    return float(np.max(diffs))

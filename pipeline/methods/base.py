@@ -1,0 +1,121 @@
+"""The common interface of search methods, and the steps the baselines share.
+
+A method is a function ``SearchContext -> SearchResult`` registered under a name; adding
+one means writing one module with a ``@register_method("name")`` function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline.config import PipelineConfig
+from pipeline.data import PreparedData
+from pipeline.errors import ConfigError
+from pipeline.models import create_model
+from pipeline.pruning.flops import FlopsModel
+from pipeline.pruning.groups import ChannelLayout
+from pipeline.pruning.slicing import build_model, slice_weights, spec_for_indices
+from pipeline.pruning.spec import ArchSpec
+from pipeline.train import train
+
+MetricsLogger = Callable[[dict, int], None]
+
+
+@dataclass
+class SearchContext:
+    config: PipelineConfig
+    data: PreparedData
+    device: torch.device
+    workdir: Path | None = None  # checkpoints of long phases live here
+    log_metrics: MetricsLogger = lambda metrics, step: None  # noqa: E731
+
+
+@dataclass
+class SearchResult:
+    spec: ArchSpec
+    model: nn.Module  # the compact model, physically pruned, with its trained weights
+    dense_spec: ArchSpec
+    history: list[dict] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+
+
+SearchMethod = Callable[[SearchContext], SearchResult]
+_METHODS: dict[str, SearchMethod] = {}
+
+
+def register_method(name: str) -> Callable[[SearchMethod], SearchMethod]:
+    def decorator(fn: SearchMethod) -> SearchMethod:
+        _METHODS[name] = fn
+        return fn
+
+    return decorator
+
+
+def available_methods() -> list[str]:
+    return sorted(_METHODS)
+
+
+def get_method(name: str) -> SearchMethod:
+    if name not in _METHODS:
+        raise ConfigError(
+            f"search.method: unknown method {name!r}; choose one of {', '.join(available_methods())}."
+        )
+    return _METHODS[name]
+
+
+@dataclass
+class DenseSetup:
+    model: nn.Module
+    layout: ChannelLayout
+    flops: FlopsModel
+    spec: ArchSpec  # the dense architecture
+    groups: list[str]  # the groups the method may prune
+
+
+def dense_setup(ctx: SearchContext) -> DenseSetup:
+    cfg, data = ctx.config, ctx.data
+    c, h, _ = data.input_shape
+    model = create_model(cfg.model.arch, num_classes=data.num_classes, in_channels=c, input_size=h)
+    layout = model.channel_layout()
+    flops = FlopsModel(model, layout, data.input_shape)
+    spec = ArchSpec(cfg.model.arch, tuple(data.input_shape), data.num_classes, layout.dense_widths())
+    groups = layout.prunable_groups(cfg.search.prune_residual)
+    return DenseSetup(model, layout, flops, spec, groups)
+
+
+def train_phase(ctx: SearchContext, model: nn.Module, name: str, *, regularizer=None) -> list[dict]:
+    """Train for ``search.epochs`` at ``search.lr``, resumable, logging every epoch."""
+    cfg = ctx.config
+
+    def log(record: dict) -> None:
+        ctx.log_metrics({f"{name}_{k}": v for k, v in record.items() if k != "epoch"},
+                        record["epoch"])
+
+    checkpoint = ctx.workdir / f"{name}.pt" if ctx.workdir else None
+    fingerprint = f"{name}:{cfg.model_dump_json()}"
+    return train(
+        model, ctx.data, epochs=cfg.search.epochs, lr=cfg.search.lr, settings=cfg.train,
+        seed=cfg.seed, device=ctx.device, regularizer=regularizer, on_epoch=log,
+        checkpoint=checkpoint, fingerprint=fingerprint, desc=name,
+    )
+
+
+def compact_from_dense(setup: DenseSetup, keep: dict[str, torch.Tensor]) -> tuple[ArchSpec, nn.Module]:
+    """Physically prune the dense model to the kept channel indices."""
+    spec = spec_for_indices(setup.spec, keep)
+    compact = build_model(spec).to(next(setup.model.parameters()).device)
+    slice_weights(setup.model, compact, setup.layout, keep)
+    return spec, compact
+
+
+def budget_summary(setup: DenseSetup, spec: ArchSpec) -> dict:
+    return {
+        "flops_ratio": setup.flops.ratio(spec.widths),
+        "flops": setup.flops(spec.widths),
+        "dense_flops": setup.flops.dense_flops,
+    }

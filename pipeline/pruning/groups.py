@@ -1,0 +1,122 @@
+"""Channel groups: which output channels are kept or dropped together.
+
+A model describes its prunable structure as a ``ChannelLayout``: a set of named channel
+groups plus, for every conv/linear/BN module, the group its output channels and its
+input channels belong to. Everything else (slicing, masking, FLOPs, building compact
+models) is generic over the layout, so a new architecture only has to declare one.
+
+In a residual stage the outputs added together by identity shortcuts (the stem or the
+stage's projection, and every block's last conv) form one *coupled* group: one mask for
+all of them, so a residual addition can never be misaligned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class LayerWiring:
+    """How one module's channels map to groups; ``None`` means fixed (image, classes)."""
+
+    module: str
+    kind: str  # "conv", "linear" or "bn"
+    out_group: str | None
+    in_group: str | None = None
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Output channels that are kept or dropped together."""
+
+    name: str
+    width: int
+    coupled: bool = False  # joined by residual additions
+    scored_convs: tuple[str, ...] = ()  # convs whose filters score the channels
+    scored_bns: tuple[str, ...] = ()  # their BNs (projection shortcuts are never scored)
+    bns: tuple[str, ...] = ()  # every BN whose output carries the channels (gates go here)
+
+
+@dataclass
+class ChannelLayout:
+    """The channel groups of a model and the wiring of every prunable module."""
+
+    groups: dict[str, ChannelGroup] = field(default_factory=dict)
+    layers: list[LayerWiring] = field(default_factory=list)
+
+    def new_group(self, name: str, width: int, *, coupled: bool = False) -> str:
+        self.groups[name] = ChannelGroup(name, width, coupled)
+        return name
+
+    def add_producer(
+        self, group: str, conv: str, bn: str, in_group: str | None, *, scored: bool = True
+    ) -> None:
+        """Attach a conv+BN pair whose outputs carry ``group``'s channels.
+
+        Unscored producers (projection shortcuts) are sliced with the group but never
+        decide which of its channels matter.
+        """
+        g = self.groups[group]
+        self.groups[group] = replace(
+            g,
+            scored_convs=g.scored_convs + ((conv,) if scored else ()),
+            scored_bns=g.scored_bns + ((bn,) if scored else ()),
+            bns=g.bns + (bn,),
+        )
+        self.wire(conv, "conv", group, in_group)
+        self.wire(bn, "bn", group)
+
+    def mark_coupled(self, name: str) -> None:
+        self.groups[name] = replace(self.groups[name], coupled=True)
+
+    def wire(self, module: str, kind: str, out_group: str | None, in_group: str | None = None):
+        self.layers.append(LayerWiring(module, kind, out_group, in_group))
+
+    def dense_widths(self) -> dict[str, int]:
+        return {name: g.width for name, g in self.groups.items()}
+
+    def prunable_groups(self, prune_coupled: bool = True) -> list[str]:
+        return [n for n, g in self.groups.items() if prune_coupled or not g.coupled]
+
+
+def full_indices(layout: ChannelLayout) -> dict[str, torch.Tensor]:
+    """Keep-everything indices (the dense network)."""
+    return {n: torch.arange(g.width) for n, g in layout.groups.items()}
+
+
+def indices_from_scores(
+    scores: dict[str, torch.Tensor], widths: dict[str, int]
+) -> dict[str, torch.Tensor]:
+    """Keep the ``widths[g]`` highest-scoring channels of every group, in ascending order."""
+    keep = {}
+    for name, s in scores.items():
+        k = widths[name]
+        top = torch.topk(s.detach().float().cpu(), k, sorted=False).indices
+        keep[name] = torch.sort(top).values
+    return keep
+
+
+def filter_l1_scores(model: nn.Module, layout: ChannelLayout) -> dict[str, torch.Tensor]:
+    """L1 norm of each output filter, summed over a group's scored convs (Li et al. 2017)."""
+    modules = dict(model.named_modules())
+    scores = {}
+    for name, g in layout.groups.items():
+        total = torch.zeros(g.width)
+        for conv in g.scored_convs:
+            w = modules[conv].weight.detach().cpu()
+            total += w.abs().flatten(1).sum(1)
+        scores[name] = total
+    return scores
+
+
+def bn_gamma_scores(model: nn.Module, layout: ChannelLayout) -> dict[str, torch.Tensor]:
+    """Mean |gamma| over a group's BNs (network slimming, Liu et al. 2017)."""
+    modules = dict(model.named_modules())
+    scores = {}
+    for name, g in layout.groups.items():
+        gammas = [modules[bn].weight.detach().abs().cpu() for bn in g.scored_bns]
+        scores[name] = torch.stack(gammas).mean(0)
+    return scores

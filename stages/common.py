@@ -1,0 +1,111 @@
+"""What every stage shares: config, paths, atomic outputs, MLflow wiring, error handling.
+
+Stages run from the repository root (DVC's working directory). Each one validates the
+whole params.yaml and checks the tracking store *before* doing any work, so bad input
+fails fast and leaves earlier outputs untouched.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pipeline.config import PipelineConfig, load_config
+from pipeline.errors import PipelineError
+from pipeline.progress import console
+from pipeline.pruning.spec import write_text_atomic
+
+ROOT = Path.cwd()
+PARAMS = ROOT / "params.yaml"
+PREPARED_DIR = ROOT / "data" / "prepared"
+SEARCHED_DIR = ROOT / "models" / "searched"
+COMPACT_DIR = ROOT / "models" / "compact"
+ONNX_MODEL = ROOT / "models" / "model.onnx"
+DENSE_ONNX = ROOT / "models" / "dense.onnx"
+METRICS_DIR = ROOT / "metrics"
+PLOTS_DIR = METRICS_DIR / "plots"
+CHECKPOINT_DIR = ROOT / "checkpoints"
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Run a stage's main; user errors print one clear message and exit 1, no traceback."""
+    try:
+        main()
+    except PipelineError as err:
+        console.print(f"[bold red]error:[/] {err}", highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        console.print("[bold red]interrupted[/]")
+        sys.exit(130)
+
+
+def write_json(path: Path, data: dict) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    fields: list[str] = []
+    for row in rows:
+        fields += [k for k in row if k not in fields]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buffer.getvalue())
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=ROOT
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def pipeline_key(cfg: PipelineConfig) -> str:
+    """One pipeline execution = one set of parameters at one commit."""
+    text = cfg.model_dump_json() + git_commit()
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_name(cfg: PipelineConfig) -> str:
+    s = cfg.search
+    return f"{cfg.model.arch}-{s.method}-{s.target_flops:g}-{cfg.data.dataset}-seed{cfg.seed}"
+
+
+def pipeline_tracker(cfg: PipelineConfig):
+    """The MLflow tracker of this pipeline execution; fails fast if the store is unusable."""
+    from pipeline import tracking
+
+    uri = tracking.resolve_tracking_uri(ROOT)
+    tracking.check_tracking_available(uri)
+    return tracking.PipelineTracker(
+        uri, cfg.tracking.experiment, pipeline_key(cfg), cfg.model_dump(), run_name(cfg)
+    )
+
+
+@contextmanager
+def tracked_stage(cfg: PipelineConfig, stage: str, inputs: list[Path]) -> Iterator:
+    """A nested MLflow run for this stage under the pipeline execution's parent run."""
+    from pipeline import tracking
+
+    tracker = pipeline_tracker(cfg)
+    tags = tracking.reproducibility_tags(ROOT)
+    tags |= tracking.input_hash_tags([p.relative_to(ROOT) for p in inputs if p.exists()])
+    tags["dvc.stage"] = stage
+    with tracker.stage_run(stage, tags) as run:
+        yield run
+
+
+def start(stage: str) -> PipelineConfig:
+    cfg = load_config(PARAMS)
+    console.log(f"stage [bold]{stage}[/]: parameters valid")
+    return cfg

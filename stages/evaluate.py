@@ -1,0 +1,86 @@
+"""Stage 5, evaluate: accuracy and latency with ONNX Runtime; registers the model."""
+
+from __future__ import annotations
+
+from pipeline.artifacts import load_compact
+from pipeline.data import load_prepared, normalize
+from pipeline.evaluate import measure_latency, open_session, top_k_accuracy
+from pipeline.export import check_onnx_matches
+from pipeline.pruning.flops import count_flops, count_params
+from pipeline.pruning.slicing import build_model, dense_spec
+from stages.common import (
+    COMPACT_DIR,
+    DENSE_ONNX,
+    METRICS_DIR,
+    ONNX_MODEL,
+    PREPARED_DIR,
+    pipeline_tracker,
+    run_stage,
+    start,
+    tracked_stage,
+    write_json,
+)
+
+
+def main() -> None:
+    cfg = start("evaluate")
+    e = cfg.evaluate
+    with tracked_stage(cfg, "evaluate", [PREPARED_DIR, COMPACT_DIR, ONNX_MODEL]) as run:
+        data = load_prepared(PREPARED_DIR)
+        spec, compact = load_compact(COMPACT_DIR)
+        dense = build_model(dense_spec(spec.model, spec.input_shape, spec.num_classes))
+        for path in (ONNX_MODEL, DENSE_ONNX):
+            check_onnx_matches(path, spec.input_shape, spec.num_classes)
+
+        session, provider = open_session(ONNX_MODEL, e.device, intra_op_threads=e.threads)
+        dense_session, _ = open_session(DENSE_ONNX, e.device, intra_op_threads=e.threads)
+        images = normalize(data.test.images, data.mean, data.std).numpy()
+        accuracy = top_k_accuracy(session, images, data.test.labels.numpy())
+        latency = measure_latency(
+            {"dense": dense_session, "compact": session}, spec.input_shape,
+            batch_sizes=e.batch_sizes, warmup=e.warmup, repeats=e.repeats, seed=cfg.seed,
+        )
+        metrics = summarize(accuracy, latency, e.batch_sizes, provider)
+        dense_flops, flops = count_flops(dense, spec.input_shape), count_flops(compact, spec.input_shape)
+        metrics |= {
+            "dense_flops": dense_flops,
+            "flops": flops,
+            "flops_ratio": flops / dense_flops,
+            "dense_params": count_params(dense),
+            "params": count_params(compact),
+            "arch_sha256": spec.sha256,
+            "test_size": len(data.test.labels),
+        }
+        write_json(METRICS_DIR / "evaluate.json", metrics)
+
+        numeric = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+        run.log_metrics(numeric)
+        run.set_tags({"jst.arch_sha256": spec.sha256, "jst.provider": provider})
+        version = run.register_onnx_model(
+            ONNX_MODEL, cfg.tracking.registered_model,
+            tags={"arch_sha256": spec.sha256, "flops_ratio": f"{metrics['flops_ratio']:.4f}",
+                  "top1": f"{metrics['top1']:.4f}", "method": cfg.search.method},
+            alias=cfg.tracking.alias,
+        )
+        pipeline_tracker(cfg).finish_pipeline(numeric | {"model_version": float(version)})
+
+
+def summarize(accuracy: dict, latency: dict, batch_sizes: list[int], provider: str) -> dict:
+    """Flatten latency into metrics; the headline numbers use the largest batch."""
+    metrics = {"top1": accuracy["top1"], "top5": accuracy["top5"], "provider": provider}
+    for batch in batch_sizes:
+        per = latency[f"batch_{batch}"]
+        for model in ("dense", "compact"):
+            prefix = "dense_" if model == "dense" else ""
+            metrics[f"{prefix}latency_b{batch}_median_ms"] = per[model]["median_ms"]
+            metrics[f"{prefix}latency_b{batch}_p90_ms"] = per[model]["p90_ms"]
+    headline = f"batch_{max(batch_sizes)}"
+    metrics["latency_batch"] = max(batch_sizes)
+    metrics["latency_ms"] = latency[headline]["compact"]["median_ms"]
+    metrics["dense_latency_ms"] = latency[headline]["dense"]["median_ms"]
+    metrics["speedup"] = metrics["dense_latency_ms"] / metrics["latency_ms"]
+    return metrics
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,26 @@
+"""Stage 1, prepare: load the data set, split it (seeded, stratified), store the splits."""
+
+from __future__ import annotations
+
+from pipeline.data import describe, load_dataset, save_prepared
+from stages.common import METRICS_DIR, PREPARED_DIR, ROOT, run_stage, start, tracked_stage, write_json
+
+
+def main() -> None:
+    cfg = start("prepare")
+    d = cfg.data
+    with tracked_stage(cfg, "prepare", []) as run:
+        data = load_dataset(
+            d.dataset, ROOT / d.root, download=d.download, image_size=d.image_size,
+            val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=cfg.seed,
+        )
+        stats = describe(data)
+        save_prepared(data, PREPARED_DIR)
+        write_json(METRICS_DIR / "prepare.json", stats)
+        run.log_params({f"data.{k}": v for k, v in d.model_dump().items()})
+        run.log_metrics({f"{name}_size": n for name, n in stats["sizes"].items()})
+        run.log_dict(stats, "data_stats.json")
+
+
+if __name__ == "__main__":
+    run_stage(main)

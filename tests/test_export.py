@@ -1,0 +1,169 @@
+"""ONNX export: a checked, single-file model with a dynamic batch axis, written atomically."""
+
+from __future__ import annotations
+
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from pipeline.errors import ArtifactError
+from pipeline.export import check_onnx_matches, export_onnx, read_metadata
+
+INPUT_SHAPE = (3, 16, 16)
+NUM_CLASSES = 5
+METADATA = {"model": "tiny-cnn", "flops_ratio": "0.5"}
+
+
+class TinyCNN(nn.Module):
+    """conv-bn-relu, a residual add, maxpool, adaptive avgpool and a linear head."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.conv = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.pool = nn.MaxPool2d(2)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.stem(x)
+        y = torch.relu(y + self.bn(self.conv(y)))
+        return self.fc(torch.flatten(self.gap(self.pool(y)), 1))
+
+
+class Broken(TinyCNN):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("forward is broken on purpose")
+
+
+class FixedBatch(TinyCNN):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Hard-codes the batch size that export_onnx traces with (2): torch.export then
+        # specializes the batch axis instead of failing, so only the graph check catches it.
+        return self.fc(self.gap(self.stem(x)).view(2, -1))
+
+
+def trained_like(model: nn.Module) -> nn.Module:
+    """Non-trivial BatchNorm statistics, so that folding them is really exercised."""
+    torch.manual_seed(0)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(16, *INPUT_SHAPE) * 2 + 0.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def samples() -> torch.Tensor:
+    return torch.randn(8, *INPUT_SHAPE, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, samples):
+    model = trained_like(TinyCNN())
+    path = tmp_path_factory.mktemp("export") / "model.onnx"
+    report = export_onnx(model, INPUT_SHAPE, path, sample_inputs=samples, metadata=METADATA)
+    return model, path, report
+
+
+def test_export_writes_one_checked_file(exported):
+    _, path, report = exported
+    assert report.path == path and path.is_file()
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.onnx"]  # no external data
+    proto = onnx.load(path)
+    onnx.checker.check_model(proto, full_check=True)
+    assert not any(
+        init.data_location == onnx.TensorProto.EXTERNAL for init in proto.graph.initializer
+    )
+    assert report.opset == 18 and report.num_checked == 8
+    assert (report.input_name, report.output_name) == ("input", "logits")
+    assert 0 <= report.max_abs_diff < 1e-4
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+def test_exported_model_matches_torch_at_any_batch(exported, batch):
+    model, path, _ = exported
+    x = torch.randn(batch, *INPUT_SHAPE, generator=torch.Generator().manual_seed(batch))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(["logits"], {"input": x.numpy()})
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert logits.shape == (batch, NUM_CLASSES)
+    assert abs(logits - expected).max() < 1e-4
+
+
+def test_metadata_round_trip(exported):
+    _, path, _ = exported
+    assert read_metadata(path) == METADATA
+
+
+def test_export_leaves_caller_model_untouched(tmp_path, samples):
+    model = TinyCNN().train()
+    export_onnx(model, INPUT_SHAPE, tmp_path / "m.onnx", sample_inputs=samples[:1])
+    assert model.training
+    check_onnx_matches(tmp_path / "m.onnx", INPUT_SHAPE, NUM_CLASSES)  # batch 1 samples suffice
+
+
+def test_parity_failure_keeps_existing_file(tmp_path, samples):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"previous model")
+    with pytest.raises(ArtifactError, match="does not match PyTorch"):
+        export_onnx(TinyCNN().eval(), INPUT_SHAPE, path, sample_inputs=samples, tolerance=-1)
+    assert path.read_bytes() == b"previous model"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]  # no temp file left
+
+
+def test_export_failure_keeps_existing_file(tmp_path, samples):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"previous model")
+    with pytest.raises(ArtifactError, match="export of .*model.onnx failed"):
+        export_onnx(Broken(), INPUT_SHAPE, path, sample_inputs=samples)
+    assert path.read_bytes() == b"previous model"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+def test_export_refuses_a_fixed_batch_size(tmp_path, samples):
+    with pytest.raises(ArtifactError, match="dynamic batch axis"):
+        export_onnx(FixedBatch(), INPUT_SHAPE, tmp_path / "m.onnx", sample_inputs=samples)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_rejects_samples_of_wrong_shape(tmp_path):
+    with pytest.raises(ValueError, match="sample_inputs"):
+        export_onnx(TinyCNN(), INPUT_SHAPE, tmp_path / "m.onnx", sample_inputs=torch.zeros(2, 3))
+
+
+def test_check_accepts_matching_model(exported):
+    _, path, _ = exported
+    check_onnx_matches(path, INPUT_SHAPE, NUM_CLASSES)
+
+
+def test_check_refuses_missing_file(tmp_path):
+    path = tmp_path / "absent.onnx"
+    with pytest.raises(ArtifactError, match="absent.onnx does not exist"):
+        check_onnx_matches(path, INPUT_SHAPE, NUM_CLASSES)
+
+
+def test_check_refuses_garbage(tmp_path):
+    path = tmp_path / "garbage.onnx"
+    path.write_bytes(b"\x00\xffnot a protobuf at all" * 10)
+    with pytest.raises(ArtifactError, match="garbage.onnx"):
+        check_onnx_matches(path, INPUT_SHAPE, NUM_CLASSES)
+
+
+@pytest.mark.parametrize(
+    ("input_shape", "num_classes", "match"),
+    [
+        ((3, 32, 32), NUM_CLASSES, "input of shape"),
+        ((1, 16, 16), NUM_CLASSES, "input of shape"),
+        (INPUT_SHAPE, 10, "output of shape"),
+    ],
+)
+def test_check_refuses_mismatched_shapes(exported, input_shape, num_classes, match):
+    _, path, _ = exported
+    with pytest.raises(ArtifactError, match=match) as err:
+        check_onnx_matches(path, input_shape, num_classes)
+    assert str(path) in str(err.value)
