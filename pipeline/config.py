@@ -69,6 +69,44 @@ class SlimmingConfig(_Section):
     sparsity: float = Field(1e-4, ge=0, le=1)
 
 
+class JstConfig(_Section):
+    """Knobs of joint search-and-training (docs/method.md). Epochs come from search.epochs:
+    ``warmup_epochs`` of dense training, the rest spread over the iterations, decaying
+    coarse -> fine by ``epoch_decay`` (E_K / E_1); the learning rate goes from search.lr
+    to search.lr * ``lr_decay`` along a cosine."""
+
+    iterations: int = Field(12, ge=1, le=100000)
+    warmup_epochs: float = Field(2.0, ge=0)
+    epoch_decay: float = Field(0.5, gt=0, le=1)
+    lr_decay: float = Field(0.1, gt=0, le=1)
+    anneal_fraction: float = Field(0.5, ge=0, le=1)
+    candidates: int = Field(4, ge=1, le=1024)
+    perturbation: bool = True
+    sigma_start: float = Field(1.0, ge=0)
+    sigma_min: float = Field(0.05, ge=0)
+    thresholding: bool = True
+    action_steps: list[float] = Field(default_factory=lambda: [-2.0, -1.0, 0.0, 1.0, 2.0],
+                                      min_length=2)
+    delta: float = Field(0.05, gt=0, le=1)
+    tau_min: float = Field(0.05, gt=0, le=1)
+    policy_lr: float = Field(0.01, gt=0, le=10)
+    budget_penalty: float = Field(2.0, ge=0)
+    alpha_lr: float = Field(0.05, gt=0, le=100)
+    alpha_steps: int = Field(10, ge=0)
+    polarisation: float = Field(0.001, ge=0)
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    score_batches: int = Field(2, ge=1)
+    recalibrate_batches: int = Field(2, ge=0)
+
+    @field_validator("sigma_min")
+    @classmethod
+    def _sigma_min_below_start(cls, v: float, info) -> float:
+        start = info.data.get("sigma_start")
+        if start is not None and v > start:
+            raise ValueError(f"must not exceed search.jst.sigma_start ({start})")
+        return v
+
+
 class SearchConfig(_Section):
     method: str = "l1"
     target_flops: float = 0.5
@@ -78,6 +116,7 @@ class SearchConfig(_Section):
     round_to: int = Field(1, ge=1, le=256)
     prune_residual: bool = True
     slimming: SlimmingConfig = SlimmingConfig()
+    jst: JstConfig = JstConfig()
 
     @field_validator("method")
     @classmethod

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import http.client
 import json
 import logging
 import math
@@ -121,7 +122,7 @@ def _check_http_server(uri: str, timeout_s: float) -> None:
             f"MLflow tracking server {uri} answered HTTP {error.code} at {health_url}; "
             f"is it an MLflow server? {fix}"
         ) from error
-    except (OSError, TimeoutError) as error:  # URLError, refused, timeout, DNS failure
+    except (OSError, http.client.HTTPException) as error:  # refused, timeout, DNS, not HTTP
         reason = getattr(error, "reason", error)
         raise PipelineError(
             f"MLflow tracking server {uri} is not reachable ({reason}). {fix}"

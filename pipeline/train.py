@@ -89,9 +89,17 @@ def cosine_lr(optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, settings, regularizer=None) -> dict:
+    return train_steps(model, iter(loader), len(loader), optimizer, settings, scheduler,
+                       regularizer)
+
+
+def train_steps(
+    model, batches, steps: int, optimizer, settings, scheduler=None, regularizer=None
+) -> dict:
+    """Run ``steps`` SGD steps on ``batches``; returns mean loss and accuracy."""
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
-    for x, y in loader:
+    for _, (x, y) in zip(range(steps), batches, strict=False):
         logits = model(x)
         loss = F.cross_entropy(logits, y, label_smoothing=settings.label_smoothing)
         if regularizer is not None:
@@ -105,11 +113,21 @@ def train_one_epoch(model, loader, optimizer, scheduler, settings, regularizer=N
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        scheduler.step()
+        if scheduler is not None:
+            scheduler.step()
         loss_sum += loss.item() * len(y)
         correct += int((logits.argmax(1) == y).sum())
         seen += len(y)
     return {"train_loss": loss_sum / max(1, seen), "train_top1": correct / max(1, seen)}
+
+
+def endless(loader):
+    """Batches across epoch boundaries (each pass reshuffles), for step-based training."""
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
 
 
 def train(

@@ -240,8 +240,11 @@ def test_parallel_pipelines_share_one_sqlite_store(store_uri, client):
         runs = client.search_runs(
             [experiment.experiment_id], filter_string=f"tags.`jst.pipeline_key` = '{key}'"
         )
-        assert sorted(run.info.status for run in runs) == ["FINISHED"] * 4
-        assert len(client.get_metric_history(runs[0].info.run_id, "loss")) in (0, 30)
+        assert [run.info.status for run in runs] == ["FINISHED"] * 4
+        stages = [run for run in runs if run.data.tags["jst.kind"] == "stage"]
+        assert {run.data.tags["jst.stage"] for run in stages} == {"prepare", "search", "finetune"}
+        for run in stages:
+            assert len(client.get_metric_history(run.info.run_id, "loss")) == 30
 
 
 # --------------------------------------------------------------------------- model registry

@@ -1,6 +1,6 @@
 """Search methods. Importing this package registers every method."""
 
-from pipeline.methods import baselines  # noqa: F401  (registration)
+from pipeline.methods import baselines, jst  # noqa: F401  (registration)
 from pipeline.methods.base import (
     SearchContext,
     SearchResult,

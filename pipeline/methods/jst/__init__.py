@@ -1,0 +1,1 @@
+from pipeline.methods.jst import search  # noqa: F401  (registers "jst")

@@ -1,0 +1,62 @@
+"""Coarse-to-fine schedules of the JST search (iterations t = 1..K)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from pipeline.config import SearchConfig
+from pipeline.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Schedule:
+    iterations: int
+    target: float  # final kept-FLOPs budget B
+    anneal_fraction: float  # rho
+    first_epochs: float  # E_1
+    epoch_decay: float  # E_K / E_1
+    lr: float
+    lr_decay: float  # lr_K / lr_1
+    sigma_start: float
+    sigma_min: float
+    delta: float
+
+    @classmethod
+    def from_config(cls, search: SearchConfig) -> Schedule:
+        j = search.jst
+        iteration_epochs = search.epochs - j.warmup_epochs
+        if iteration_epochs <= 0:
+            raise ConfigError(
+                f"search.epochs ({search.epochs}) must exceed search.jst.warmup_epochs "
+                f"({j.warmup_epochs}): the remaining epochs are spread over the iterations."
+            )
+        # sum_t E_t = E_1 * K * (1 + decay) / 2 for a linear decay
+        first = iteration_epochs / (j.iterations * (1 + j.epoch_decay) / 2)
+        sigma_start = j.sigma_start if j.perturbation else 0.0
+        sigma_min = j.sigma_min if j.perturbation else 0.0
+        return cls(j.iterations, search.target_flops, j.anneal_fraction, first, j.epoch_decay,
+                   search.lr, j.lr_decay, sigma_start, sigma_min, j.delta)
+
+    def progress(self, t: int) -> float:
+        return (t - 1) / max(1, self.iterations - 1)
+
+    def budget(self, t: int) -> float:
+        """B_t = 1 - (1 - B) * min(1, t / (rho K)): anneals from dense to the target."""
+        if self.anneal_fraction == 0:
+            return self.target
+        return 1 - (1 - self.target) * min(1.0, t / (self.anneal_fraction * self.iterations))
+
+    def epochs(self, t: int) -> float:
+        return self.first_epochs * (1 + (self.epoch_decay - 1) * self.progress(t))
+
+    def learning_rate(self, t: int) -> float:
+        cosine = 0.5 * (1 + math.cos(math.pi * self.progress(t)))
+        return self.lr * (self.lr_decay + (1 - self.lr_decay) * cosine)
+
+    def sigma(self, t: int) -> float:
+        return self.sigma_start + (self.sigma_min - self.sigma_start) * self.progress(t)
+
+    def step_size(self, t: int) -> float:
+        """delta_t: threshold moves halve over the search."""
+        return self.delta * (1 - 0.5 * self.progress(t))

@@ -1,0 +1,69 @@
+"""The threshold policy learns from rewards; the schedules anneal coarse to fine."""
+
+import pytest
+import torch
+
+from pipeline.methods.jst.policy import STATE_SIZE, PolicyLearner, group_state
+from pipeline.methods.jst.schedule import Schedule
+from pipeline.errors import ConfigError
+from tests.conftest import tiny_config
+
+
+def test_policy_update_has_nonzero_gradient_on_different_rewards():
+    learner = PolicyLearner([-1.0, 0.0, 1.0], lr=0.1)
+    generator = torch.Generator().manual_seed(0)
+    states = torch.rand(6, STATE_SIZE, generator=generator)
+    decisions = [learner.decide(states, generator) for _ in range(4)]
+    before = [p.detach().clone() for p in learner.policy.parameters()]
+    learner.update(decisions, [0.1, 0.9, 0.4, 0.6])
+    changed = [not torch.equal(a, b) for a, b in zip(before, learner.policy.parameters(), strict=True)]
+    assert any(changed)
+
+
+def test_single_candidate_gets_an_advantage_once_the_baseline_exists():
+    learner = PolicyLearner([-1.0, 1.0], lr=0.1)
+    generator = torch.Generator().manual_seed(1)
+    states = torch.rand(3, STATE_SIZE, generator=generator)
+    learner.update([learner.decide(states, generator)], [0.5])  # sets the baseline
+    before = [p.detach().clone() for p in learner.policy.parameters()]
+    learner.update([learner.decide(states, generator)], [0.9])
+    assert any(not torch.equal(a, b) for a, b in zip(before, learner.policy.parameters(), strict=True))
+
+
+def test_policy_learns_to_prefer_the_rewarded_action():
+    learner = PolicyLearner([-1.0, 0.0, 1.0], lr=0.05)
+    generator = torch.Generator().manual_seed(2)
+    states = torch.rand(4, STATE_SIZE, generator=generator)
+    for _ in range(60):
+        decisions = [learner.decide(states, generator) for _ in range(8)]
+        rewards = [float((d.actions == 2).float().mean()) for d in decisions]
+        learner.update(decisions, rewards)
+    probs = learner.policy(states).probs.mean(0)
+    assert probs[2] > 0.6
+
+
+def test_group_state_entropy_is_normalised():
+    uniform = group_state(0.5, 1.0, 0.1, torch.zeros(16), 0.7)
+    peaked = group_state(0.5, 1.0, 0.1, torch.tensor([10.0] + [0.0] * 15), 0.7)
+    assert uniform[3] == pytest.approx(1.0)
+    assert peaked[3] < 0.1
+
+
+def test_schedule_anneals_and_spends_the_epochs():
+    cfg = tiny_config(search={"epochs": 22, "target_flops": 0.4,
+                              "jst": {"iterations": 10, "warmup_epochs": 2, "epoch_decay": 0.5,
+                                      "anneal_fraction": 0.5}})
+    s = Schedule.from_config(cfg.search)
+    assert sum(s.epochs(t) for t in range(1, 11)) == pytest.approx(20)
+    assert s.epochs(1) > s.epochs(10)
+    assert s.budget(1) == pytest.approx(1 - 0.6 * 0.2)
+    assert s.budget(5) == pytest.approx(0.4) and s.budget(10) == pytest.approx(0.4)
+    assert s.sigma(1) > s.sigma(10) and s.step_size(1) > s.step_size(10)
+    assert s.learning_rate(1) == pytest.approx(cfg.search.lr)
+    assert s.learning_rate(10) == pytest.approx(cfg.search.lr * cfg.search.jst.lr_decay)
+
+
+def test_schedule_needs_epochs_beyond_warmup():
+    cfg = tiny_config(search={"epochs": 2, "jst": {"warmup_epochs": 2}})
+    with pytest.raises(ConfigError, match="search.epochs"):
+        Schedule.from_config(cfg.search)

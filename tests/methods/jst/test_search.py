@@ -1,0 +1,153 @@
+"""The JST search: budget, updater, residual coupling, determinism, resume after SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.methods import SearchContext, get_method
+from pipeline.methods.jst.search import JointSearch, gates_of
+from pipeline.pruning.flops import count_flops
+from pipeline.pruning.gates import gated
+from pipeline.pruning.slicing import build_model
+from pipeline.train import seed_everything
+from tests.conftest import synthetic_data
+from tests.methods.jst.run_tiny_jst import tiny_jst_config
+
+HERE = Path(__file__).parent
+
+
+def _search(**jst):
+    seed_everything(0)
+    ctx = SearchContext(tiny_jst_config(**jst), synthetic_data(), torch.device("cpu"))
+    return JointSearch(ctx)
+
+
+def test_result_meets_budget_and_logs_every_iteration():
+    data = synthetic_data()
+    seed_everything(0)
+    logged = []
+    ctx = SearchContext(tiny_jst_config(), data, torch.device("cpu"),
+                        log_metrics=lambda m, step: logged.append(step))
+    result = get_method("jst")(ctx)
+    ratio = count_flops(result.model, data.input_shape) / count_flops(
+        build_model(result.dense_spec), data.input_shape)
+    assert 0.49 <= ratio <= 0.5
+    assert [h["iteration"] for h in result.history] == list(range(1, 7))
+    assert logged == list(range(1, 7))
+    assert result.history[0]["budget"] > result.history[-1]["budget"] == pytest.approx(0.5)
+    assert {"val_top1", "flops_ratio", "reward", "budget", "sigma", "policy_entropy"} <= set(
+        result.history[-1])
+
+
+def test_updater_writes_kept_indices_and_leaves_dropped_untouched():
+    search = _search()
+    candidate = search._draw(search._states(), 0.5, 1.0, 0.05)
+    before = {k: v.clone() for k, v in search.setup.model.state_dict().items()}
+    alpha_before = {g: a.clone() for g, a in search.alpha.items()}
+    sub = search._gather(candidate.keep)
+    for p in sub.parameters():
+        p.data.fill_(3.0)
+    sub_alpha = {g: torch.full((len(k),), -0.5) for g, k in candidate.keep.items()
+                 if g in search.groups}
+    search._update_target(sub, sub_alpha, candidate.keep)
+    after = search.setup.model.state_dict()
+    kept = candidate.keep["stem"]
+    dropped = torch.ones(after["conv1.weight"].shape[0], dtype=torch.bool)
+    dropped[kept] = False
+    assert torch.all(after["conv1.weight"][kept] == 3.0)
+    assert torch.equal(after["conv1.weight"][dropped], before["conv1.weight"][dropped])
+    assert torch.all(after["bn1.weight"][kept] == 3.0)
+    for g in search.groups:
+        keep = candidate.keep[g]
+        assert torch.all(search.alpha[g][keep] == -0.5)
+        mask = torch.ones(len(search.alpha[g]), dtype=torch.bool)
+        mask[keep] = False
+        assert torch.equal(search.alpha[g][mask], alpha_before[g][mask])
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "resnet18"])
+def test_sampled_residual_networks_stay_aligned(arch):
+    """Coupled groups have one width, so every sampled sub-network's additions line up."""
+    seed_everything(0)
+    cfg = tiny_jst_config()
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"arch": arch})})
+    data = synthetic_data(size=32 if arch == "resnet18" else 8)
+    search = JointSearch(SearchContext(cfg, data, torch.device("cpu")))
+    x = torch.randn(2, *data.input_shape)
+    for budget in (0.9, 0.5, 0.3):
+        candidate = search._draw(search._states(), budget, 2.0, 0.1)
+        sub = search._gather(candidate.keep).eval()
+        gates = {g: gates_of(search.alpha[g][candidate.keep[g]]) for g in search.groups}
+        with torch.no_grad(), gated(sub, search.setup.layout, gates):
+            assert sub(x).shape == (2, data.num_classes)
+        for name, group in search.setup.layout.groups.items():
+            modules = dict(sub.named_modules())
+            assert {modules[bn].num_features for bn in group.bns} == {candidate.widths[name]}
+
+
+def test_folded_result_equals_gated_sub_network():
+    search = _search(iterations=2)
+    result = search.run()
+    best = search.best
+    sub = search._gather(best["keep"])
+    sub.load_state_dict(best["weights"])
+    gates = {g: gates_of(a) for g, a in best["alpha"].items()}
+    x = torch.randn(4, 1, 8, 8)
+    sub.eval(), result.model.eval()
+    with torch.no_grad(), gated(sub, search.setup.layout, gates):
+        expected = sub(x)
+    torch.testing.assert_close(result.model(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_deterministic_for_a_seed():
+    a, b = _search().run(), _search().run()
+    assert a.spec.sha256 == b.spec.sha256
+    assert [h["val_top1"] for h in a.history] == [h["val_top1"] for h in b.history]
+
+
+def _run(workdir: Path, result: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(HERE / "run_tiny_jst.py"), str(workdir), str(result)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_resume_after_sigkill_gives_the_uninterrupted_architecture(tmp_path):
+    reference = tmp_path / "reference.json"
+    assert _run(tmp_path / "ref", reference).wait(timeout=300) == 0
+
+    workdir, resumed = tmp_path / "killed", tmp_path / "resumed.json"
+    process = _run(workdir, resumed)
+    deadline = time.time() + 240
+    for line in process.stdout:  # kill once the third iteration has been checkpointed
+        if "jst search 3/6" in line or time.time() > deadline:
+            break
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not resumed.exists()
+    state = torch.load(workdir / "jst.pt", weights_only=True)
+    assert 3 <= state["next_iteration"] - 1 < 6
+
+    finish = _run(workdir, resumed)
+    output = finish.communicate(timeout=300)[0]
+    assert finish.returncode == 0, output
+    assert "resuming at iteration" in output
+    a, b = json.loads(reference.read_text()), json.loads(resumed.read_text())
+    assert a["arch_sha256"] == b["arch_sha256"]
+    assert a["weights_checksum"] == pytest.approx(b["weights_checksum"], rel=1e-6)
+    assert [h["val_top1"] for h in a["history"]] == [h["val_top1"] for h in b["history"]]
+
+
+def test_checkpoint_of_other_parameters_is_not_reused(tmp_path):
+    seed_everything(0)
+    ctx = SearchContext(tiny_jst_config(iterations=2), synthetic_data(), torch.device("cpu"), tmp_path)
+    JointSearch(ctx).run()
+    other = SearchContext(tiny_jst_config(iterations=3), synthetic_data(), torch.device("cpu"), tmp_path)
+    search = JointSearch(other)
+    search._resume()
+    assert search.next_iteration == 1
