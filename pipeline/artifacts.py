@@ -59,11 +59,14 @@ def load_compact(directory: Path) -> tuple[ArchSpec, nn.Module]:
     try:
         state = load_file(weights)
     except (SafetensorError, OSError, ValueError) as err:
-        raise ArtifactError(f"{weights}: not a readable safetensors file ({err}); rerun `dvc repro`.")
+        raise ArtifactError(
+            f"{weights}: not a readable safetensors file ({err}); rerun `dvc repro`."
+        ) from None
     model = build_model(spec)
     expected = model.state_dict()
     mismatched = sorted(
-        k for k in expected.keys() | state.keys()
+        k
+        for k in expected.keys() | state.keys()
         if k not in state or k not in expected or state[k].shape != expected[k].shape
     )
     if mismatched:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -54,7 +55,9 @@ def evaluate() -> None:
 
 
 @app.command()
-def validate(params: Path = typer.Option(Path("params.yaml"), help="Parameters file.")) -> None:
+def validate(
+    params: Annotated[Path, typer.Option(help="Parameters file.")] = Path("params.yaml"),
+) -> None:
     """Check a parameters file and print the resolved configuration."""
     from pipeline.config import load_config
     from pipeline.errors import PipelineError
@@ -85,7 +88,9 @@ def methods() -> None:
 
 @app.command()
 def inspect(
-    model_dir: Path = typer.Argument(Path("models/compact"), help="Folder with arch.json + weights."),
+    model_dir: Annotated[
+        Path, typer.Argument(help="Folder with arch.json + weights.safetensors.")
+    ] = Path("models/compact"),
 ) -> None:
     """Rebuild a compact model from its spec and weights; print widths, FLOPs, parameters."""
     from pipeline.artifacts import load_compact
@@ -103,8 +108,10 @@ def inspect(
     flops = count_flops(model, spec.input_shape)
     typer.echo(f"model {spec.model}  input {list(spec.input_shape)}  classes {spec.num_classes}")
     typer.echo(f"sha256 {spec.sha256}")
-    typer.echo(f"FLOPs {flops / 1e6:.2f} M ({flops / dense_flops:.3f} of dense)  "
-               f"params {count_params(model) / 1e6:.3f} M")
+    typer.echo(
+        f"FLOPs {flops / 1e6:.2f} M ({flops / dense_flops:.3f} of dense)  "
+        f"params {count_params(model) / 1e6:.3f} M"
+    )
     for group, width in spec.widths.items():
         typer.echo(f"  {group:<28} {width:>5} / {dense.widths[group]}")
 

@@ -85,8 +85,9 @@ class JstConfig(_Section):
     sigma_start: float = Field(1.0, ge=0)
     sigma_min: float = Field(0.05, ge=0)
     thresholding: bool = True
-    action_steps: list[float] = Field(default_factory=lambda: [-2.0, -1.0, 0.0, 1.0, 2.0],
-                                      min_length=2)
+    action_steps: list[float] = Field(
+        default_factory=lambda: [-2.0, -1.0, 0.0, 1.0, 2.0], min_length=2
+    )
     delta: float = Field(0.05, gt=0, le=1)
     tau_min: float = Field(0.05, gt=0, le=1)
     policy_lr: float = Field(0.01, gt=0, le=10)
@@ -124,16 +125,16 @@ class SearchConfig(_Section):
         from pipeline.methods import available_methods
 
         if v not in available_methods():
-            raise ValueError(f"unknown method {v!r}; choose one of {', '.join(available_methods())}")
+            raise ValueError(
+                f"unknown method {v!r}; choose one of {', '.join(available_methods())}"
+            )
         return v
 
     @field_validator("target_flops")
     @classmethod
     def _budget_in_range(cls, v: float) -> float:
         if not 0 < v <= 1:
-            raise ValueError(
-                "must be in (0, 1] (the fraction of the dense FLOPs to keep)"
-            )
+            raise ValueError("must be in (0, 1] (the fraction of the dense FLOPs to keep)")
         return v
 
 

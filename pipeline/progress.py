@@ -20,9 +20,14 @@ def _summary(record: dict) -> str:
 def epoch_progress(desc: str, total: int, start: int = 0) -> Iterator[Callable[[dict], None]]:
     """Yields ``advance(record)``: call it once per finished epoch or iteration."""
     progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TextColumn("{task.fields[summary]}"),
-        console=console, disable=not console.is_terminal, transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[summary]}"),
+        console=console,
+        disable=not console.is_terminal,
+        transient=False,
     )
     with progress:
         task = progress.add_task(desc, total=total, completed=start, summary="")

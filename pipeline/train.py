@@ -51,16 +51,24 @@ def make_loader(data: PreparedData, settings: TrainConfig, seed: int, device, tr
     split = data.train if train else data.val
     augment = Augment(settings.augment.crop_padding, settings.augment.hflip) if train else None
     return BatchLoader(
-        split, data.mean, data.std, batch_size=settings.batch_size, shuffle=train,
-        augment=augment, seed=seed, device=device, drop_last=False,
+        split,
+        data.mean,
+        data.std,
+        batch_size=settings.batch_size,
+        shuffle=train,
+        augment=augment,
+        seed=seed,
+        device=device,
+        drop_last=False,
     )
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, data: PreparedData, device, batch_size=512) -> dict:
     """Mean cross-entropy and top-1 accuracy (a fraction) of ``model`` on ``split``."""
-    loader = BatchLoader(split, data.mean, data.std, batch_size=batch_size, shuffle=False,
-                         device=device)
+    loader = BatchLoader(
+        split, data.mean, data.std, batch_size=batch_size, shuffle=False, device=device
+    )
     model.eval()
     loss_sum, correct = 0.0, 0
     for x, y in loader:
@@ -76,9 +84,13 @@ def make_optimizer(model: nn.Module, lr: float, settings: TrainConfig) -> torch.
     for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.dim() == 1 else decay).append(p)  # no decay on BN and biases
-    groups = [{"params": decay, "weight_decay": settings.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.SGD(groups, lr=lr, momentum=settings.momentum, nesterov=settings.momentum > 0)
+    groups = [
+        {"params": decay, "weight_decay": settings.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.SGD(
+        groups, lr=lr, momentum=settings.momentum, nesterov=settings.momentum > 0
+    )
 
 
 def cosine_lr(optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -89,8 +101,9 @@ def cosine_lr(optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, settings, regularizer=None) -> dict:
-    return train_steps(model, iter(loader), len(loader), optimizer, settings, scheduler,
-                       regularizer)
+    return train_steps(
+        model, iter(loader), len(loader), optimizer, settings, scheduler, regularizer
+    )
 
 
 def train_steps(

@@ -37,11 +37,18 @@ def main() -> None:
         images = normalize(data.test.images, data.mean, data.std).numpy()
         accuracy = top_k_accuracy(session, images, data.test.labels.numpy())
         latency = measure_latency(
-            {"dense": dense_session, "compact": session}, spec.input_shape,
-            batch_sizes=e.batch_sizes, warmup=e.warmup, repeats=e.repeats, seed=cfg.seed,
+            {"dense": dense_session, "compact": session},
+            spec.input_shape,
+            batch_sizes=e.batch_sizes,
+            warmup=e.warmup,
+            repeats=e.repeats,
+            seed=cfg.seed,
         )
         metrics = summarize(accuracy, latency, e.batch_sizes, provider)
-        dense_flops, flops = count_flops(dense, spec.input_shape), count_flops(compact, spec.input_shape)
+        dense_flops, flops = (
+            count_flops(dense, spec.input_shape),
+            count_flops(compact, spec.input_shape),
+        )
         metrics |= {
             "dense_flops": dense_flops,
             "flops": flops,
@@ -57,9 +64,14 @@ def main() -> None:
         run.log_metrics(numeric)
         run.set_tags({"jst.arch_sha256": spec.sha256, "jst.provider": provider})
         version = run.register_onnx_model(
-            ONNX_MODEL, cfg.tracking.registered_model,
-            tags={"arch_sha256": spec.sha256, "flops_ratio": f"{metrics['flops_ratio']:.4f}",
-                  "top1": f"{metrics['top1']:.4f}", "method": cfg.search.method},
+            ONNX_MODEL,
+            cfg.tracking.registered_model,
+            tags={
+                "arch_sha256": spec.sha256,
+                "flops_ratio": f"{metrics['flops_ratio']:.4f}",
+                "top1": f"{metrics['top1']:.4f}",
+                "method": cfg.search.method,
+            },
             alias=cfg.tracking.alias,
         )
         pipeline_tracker(cfg).finish_pipeline(numeric | {"model_version": float(version)})

@@ -36,15 +36,26 @@ def main() -> None:
             "mean": json.dumps(data.mean),
             "std": json.dumps(data.std),
         }
-        report = export_onnx(model, spec.input_shape, ONNX_MODEL, sample_inputs=samples,
-                             opset=cfg.export.opset, metadata=metadata,
-                             tolerance=cfg.export.tolerance)
+        report = export_onnx(
+            model,
+            spec.input_shape,
+            ONNX_MODEL,
+            sample_inputs=samples,
+            opset=cfg.export.opset,
+            metadata=metadata,
+            tolerance=cfg.export.tolerance,
+        )
         # The dense architecture is exported only as the latency reference.
         dense = dense_spec(spec.model, spec.input_shape, spec.num_classes)
-        dense_report = export_onnx(build_model(dense), dense.input_shape, DENSE_ONNX,
-                                   sample_inputs=samples, opset=cfg.export.opset,
-                                   metadata={"arch_sha256": dense.sha256},
-                                   tolerance=cfg.export.tolerance)
+        dense_report = export_onnx(
+            build_model(dense),
+            dense.input_shape,
+            DENSE_ONNX,
+            sample_inputs=samples,
+            opset=cfg.export.opset,
+            metadata={"arch_sha256": dense.sha256},
+            tolerance=cfg.export.tolerance,
+        )
         metrics = {
             "max_abs_diff": report.max_abs_diff,
             "dense_max_abs_diff": dense_report.max_abs_diff,

@@ -40,10 +40,17 @@ def main() -> None:
             run.log_metrics({k: v for k, v in record.items() if k != "epoch"}, record["epoch"])
 
         history = train(
-            model, data, epochs=cfg.finetune.epochs, lr=cfg.finetune.lr, settings=cfg.train,
-            seed=cfg.seed, device=device, on_epoch=log,
+            model,
+            data,
+            epochs=cfg.finetune.epochs,
+            lr=cfg.finetune.lr,
+            settings=cfg.train,
+            seed=cfg.seed,
+            device=device,
+            on_epoch=log,
             checkpoint=CHECKPOINT_DIR / "finetune.pt",
-            fingerprint=f"finetune:{spec.sha256}:{cfg.model_dump_json()}", desc="finetune",
+            fingerprint=f"finetune:{spec.sha256}:{cfg.model_dump_json()}",
+            desc="finetune",
         )
         after = evaluate(model, data.val, data, device)["top1"]
         save_compact(COMPACT_DIR, spec, model.cpu())
@@ -61,8 +68,13 @@ def main() -> None:
         run.log_artifact(COMPACT_DIR / "arch.json", "architecture")
         if history:
             with tempfile.TemporaryDirectory() as tmp:
-                chart = curves_chart(history, "epoch", ["train_top1", "val_top1"],
-                                     Path(tmp) / "finetune_curves.png", "fine-tuning")
+                chart = curves_chart(
+                    history,
+                    "epoch",
+                    ["train_top1", "val_top1"],
+                    Path(tmp) / "finetune_curves.png",
+                    "fine-tuning",
+                )
                 run.log_artifact(chart, "plots")
 
 

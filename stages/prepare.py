@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from pipeline.data import describe, load_dataset, save_prepared
-from stages.common import METRICS_DIR, PREPARED_DIR, ROOT, run_stage, start, tracked_stage, write_json
+from stages.common import (
+    METRICS_DIR,
+    PREPARED_DIR,
+    ROOT,
+    run_stage,
+    start,
+    tracked_stage,
+    write_json,
+)
 
 
 def main() -> None:
@@ -11,8 +19,13 @@ def main() -> None:
     d = cfg.data
     with tracked_stage(cfg, "prepare", []) as run:
         data = load_dataset(
-            d.dataset, ROOT / d.root, download=d.download, image_size=d.image_size,
-            val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=cfg.seed,
+            d.dataset,
+            ROOT / d.root,
+            download=d.download,
+            image_size=d.image_size,
+            val_fraction=d.val_fraction,
+            test_fraction=d.test_fraction,
+            seed=cfg.seed,
         )
         stats = describe(data)
         save_prepared(data, PREPARED_DIR)

@@ -39,15 +39,21 @@ def main() -> None:
         history = [{"step": i + 1, **r} for i, r in enumerate(result.history)]
         write_csv(PLOTS_DIR / "search_history.csv", history)
         write_csv(PLOTS_DIR / "kept_widths.csv", width_rows(result))
-        metrics = {"method": cfg.search.method, "target_flops": cfg.search.target_flops,
-                   "arch_sha256": result.spec.sha256, **result.summary}
+        metrics = {
+            "method": cfg.search.method,
+            "target_flops": cfg.search.target_flops,
+            "arch_sha256": result.spec.sha256,
+            **result.summary,
+        }
         write_json(METRICS_DIR / "search.json", metrics)
 
         run.log_metrics({k: v for k, v in result.summary.items() if isinstance(v, int | float)})
         run.set_tags({"jst.arch_sha256": result.spec.sha256})
         run.log_artifact(SEARCHED_DIR / "arch.json", "architecture")
-        title = (f"{cfg.model.arch} / {cfg.search.method}: kept channels per group "
-                 f"({result.summary['flops_ratio']:.3f} of dense FLOPs)")
+        title = (
+            f"{cfg.model.arch} / {cfg.search.method}: kept channels per group "
+            f"({result.summary['flops_ratio']:.3f} of dense FLOPs)"
+        )
         log_charts(run, result, history, title)
 
 
@@ -60,12 +66,16 @@ def log_charts(run, result: SearchResult, history: list[dict], title: str) -> No
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         run.log_artifact(
-            kept_widths_chart(result.dense_spec.widths, result.spec.widths,
-                              tmp / "kept_widths.png", title), "plots")
+            kept_widths_chart(
+                result.dense_spec.widths, result.spec.widths, tmp / "kept_widths.png", title
+            ),
+            "plots",
+        )
         if history:
             ys = [k for k in history[-1] if k.endswith(("top1", "flops_ratio"))]
             run.log_artifact(
-                curves_chart(history, "step", ys, tmp / "search_curves.png", "search"), "plots")
+                curves_chart(history, "step", ys, tmp / "search_curves.png", "search"), "plots"
+            )
 
 
 if __name__ == "__main__":

@@ -15,16 +15,25 @@ def synthetic_data(num_classes=4, size=8, channels=1, per_class=24, seed=0) -> P
         images, labels = [], []
         for c in range(num_classes):
             base = torch.zeros(channels, size, size)
-            base[:, (c % 2) * size // 2:(c % 2 + 1) * size // 2,
-                 (c // 2 % 2) * size // 2:(c // 2 % 2 + 1) * size // 2] = 200
+            base[
+                :,
+                (c % 2) * size // 2 : (c % 2 + 1) * size // 2,
+                (c // 2 % 2) * size // 2 : (c // 2 % 2 + 1) * size // 2,
+            ] = 200
             noise = torch.randint(0, 55, (n_per_class, channels, size, size), generator=generator)
             images.append((base + noise).clamp(0, 255).to(torch.uint8))
             labels.append(torch.full((n_per_class,), c, dtype=torch.int64))
         return Split(torch.cat(images), torch.cat(labels))
 
-    return PreparedData(split(per_class), split(per_class // 3), split(per_class // 3),
-                        [f"c{i}" for i in range(num_classes)], [0.3] * channels, [0.3] * channels,
-                        dataset="synthetic")
+    return PreparedData(
+        split(per_class),
+        split(per_class // 3),
+        split(per_class // 3),
+        [f"c{i}" for i in range(num_classes)],
+        [0.3] * channels,
+        [0.3] * channels,
+        dataset="synthetic",
+    )
 
 
 @pytest.fixture
@@ -33,9 +42,11 @@ def tiny_data() -> PreparedData:
 
 
 def tiny_config(**sections):
-    raw = {"train": {"batch_size": 32, "device": "cpu"},
-           "search": {"epochs": 1, "lr": 0.05},
-           "finetune": {"epochs": 1}}
+    raw = {
+        "train": {"batch_size": 32, "device": "cpu"},
+        "search": {"epochs": 1, "lr": 0.05},
+        "finetune": {"epochs": 1},
+    }
     for key, value in sections.items():
         raw.setdefault(key, {}).update(value)
     return parse_config(raw)

@@ -62,9 +62,8 @@ def available_methods() -> list[str]:
 
 def get_method(name: str) -> SearchMethod:
     if name not in _METHODS:
-        raise ConfigError(
-            f"search.method: unknown method {name!r}; choose one of {', '.join(available_methods())}."
-        )
+        choices = ", ".join(available_methods())
+        raise ConfigError(f"search.method: unknown method {name!r}; choose one of {choices}.")
     return _METHODS[name]
 
 
@@ -83,29 +82,46 @@ def dense_setup(ctx: SearchContext) -> DenseSetup:
     model = create_model(cfg.model.arch, num_classes=data.num_classes, in_channels=c, input_size=h)
     layout = model.channel_layout()
     flops = FlopsModel(model, layout, data.input_shape)
-    spec = ArchSpec(cfg.model.arch, tuple(data.input_shape), data.num_classes, layout.dense_widths())
+    spec = ArchSpec(
+        cfg.model.arch, tuple(data.input_shape), data.num_classes, layout.dense_widths()
+    )
     groups = layout.prunable_groups(cfg.search.prune_residual)
     return DenseSetup(model, layout, flops, spec, groups)
 
 
-def train_phase(ctx: SearchContext, model: nn.Module, name: str, *, regularizer=None) -> list[dict]:
+def train_phase(
+    ctx: SearchContext, model: nn.Module, name: str, flops_ratio: float, *, regularizer=None
+) -> list[dict]:
     """Train for ``search.epochs`` at ``search.lr``, resumable, logging every epoch."""
     cfg = ctx.config
 
     def log(record: dict) -> None:
-        ctx.log_metrics({f"{name}_{k}": v for k, v in record.items() if k != "epoch"},
-                        record["epoch"])
+        record["flops_ratio"] = flops_ratio  # of the network being trained
+        ctx.log_metrics(
+            {f"{name}_{k}": v for k, v in record.items() if k != "epoch"}, record["epoch"]
+        )
 
     checkpoint = ctx.workdir / f"{name}.pt" if ctx.workdir else None
     fingerprint = f"{name}:{cfg.model_dump_json()}"
     return train(
-        model, ctx.data, epochs=cfg.search.epochs, lr=cfg.search.lr, settings=cfg.train,
-        seed=cfg.seed, device=ctx.device, regularizer=regularizer, on_epoch=log,
-        checkpoint=checkpoint, fingerprint=fingerprint, desc=name,
+        model,
+        ctx.data,
+        epochs=cfg.search.epochs,
+        lr=cfg.search.lr,
+        settings=cfg.train,
+        seed=cfg.seed,
+        device=ctx.device,
+        regularizer=regularizer,
+        on_epoch=log,
+        checkpoint=checkpoint,
+        fingerprint=fingerprint,
+        desc=name,
     )
 
 
-def compact_from_dense(setup: DenseSetup, keep: dict[str, torch.Tensor]) -> tuple[ArchSpec, nn.Module]:
+def compact_from_dense(
+    setup: DenseSetup, keep: dict[str, torch.Tensor]
+) -> tuple[ArchSpec, nn.Module]:
     """Physically prune the dense model to the kept channel indices."""
     spec = spec_for_indices(setup.spec, keep)
     compact = build_model(spec).to(next(setup.model.parameters()).device)

@@ -37,7 +37,7 @@ def scratch(ctx: SearchContext) -> SearchResult:
     spec = replace(setup.spec, widths=widths)
     torch.manual_seed(ctx.config.seed)
     model = build_model(spec).to(ctx.device)
-    history = train_phase(ctx, model, "scratch")
+    history = train_phase(ctx, model, "scratch", setup.flops.ratio(widths))
     return SearchResult(spec, model, setup.spec, history, budget_summary(setup, spec))
 
 
@@ -45,14 +45,16 @@ def _prune_pretrained(ctx: SearchContext, scores_of, name: str, *, regularizer=N
     setup = dense_setup(ctx)
     s = ctx.config.search
     setup.model.to(ctx.device)
-    history = train_phase(ctx, setup.model, f"{name}_pretrain", regularizer=regularizer)
+    history = train_phase(ctx, setup.model, f"{name}_pretrain", 1.0, regularizer=regularizer)
     scores = scores_of(setup)
     if name == "slimming":
         widths = global_threshold_widths(
             setup.flops, scores, setup.groups, s.target_flops, s.k_min, s.round_to
         )
     else:
-        widths = uniform_budget_widths(setup.flops, setup.groups, s.target_flops, s.k_min, s.round_to)
+        widths = uniform_budget_widths(
+            setup.flops, setup.groups, s.target_flops, s.k_min, s.round_to
+        )
     keep = indices_from_scores(scores, widths)
     spec, compact = compact_from_dense(setup, keep)
     return SearchResult(spec, compact, setup.spec, history, budget_summary(setup, spec))
@@ -82,6 +84,8 @@ def slimming(ctx: SearchContext) -> SearchResult:
         )
 
     return _prune_pretrained(
-        ctx, lambda setup: bn_gamma_scores(setup.model, setup.layout), "slimming",
+        ctx,
+        lambda setup: bn_gamma_scores(setup.model, setup.layout),
+        "slimming",
         regularizer=gamma_l1,
     )

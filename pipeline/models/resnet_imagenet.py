@@ -17,7 +17,9 @@ class TorchvisionResNet(resnet.ResNet):
         super().__init__(block, layers, num_classes=num_classes)
         if in_channels != 3:
             self.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
-        self._convs = ("conv1", "conv2", "conv3") if block is resnet.Bottleneck else ("conv1", "conv2")
+        self._convs = (
+            ("conv1", "conv2", "conv3") if block is resnet.Bottleneck else ("conv1", "conv2")
+        )
 
     def channel_layout(self) -> ChannelLayout:
         layout = ChannelLayout()

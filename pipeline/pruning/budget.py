@@ -36,7 +36,9 @@ def uniform_widths(
 ) -> Widths:
     widths = dict(flops.dense_widths)
     for g in groups:
-        widths[g] = round_width(ratio * flops.dense_widths[g], flops.dense_widths[g], k_min, round_to)
+        widths[g] = round_width(
+            ratio * flops.dense_widths[g], flops.dense_widths[g], k_min, round_to
+        )
     return widths
 
 
@@ -90,7 +92,9 @@ def uniform_budget_widths(
 ) -> Widths:
     """One keep ratio for every prunable group, scaled to meet the budget, then filled."""
     check_feasible(flops, groups, target, k_min, round_to)
-    ratio = bisect(lambda r: flops.ratio(uniform_widths(flops, groups, r, k_min, round_to)) <= target)
+    ratio = bisect(
+        lambda r: flops.ratio(uniform_widths(flops, groups, r, k_min, round_to)) <= target
+    )
     widths = uniform_widths(flops, groups, ratio, k_min, round_to)
 
     def least_kept_first(group: str, width: int) -> float:

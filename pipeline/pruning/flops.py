@@ -31,6 +31,7 @@ def _trace_macs(model: nn.Module, input_shape) -> dict[str, int]:
     handles = []
     for name, module in model.named_modules():
         if isinstance(module, nn.Conv2d | nn.Linear):
+
             def hook(mod, _inp, out, name=name):
                 macs[name] = _layer_macs(mod, out)
 
@@ -77,7 +78,8 @@ class FlopsModel:
                 continue
             m = modules[wiring.module]
             in_c, out_c = (
-                (m.in_channels, m.out_channels) if isinstance(m, nn.Conv2d)
+                (m.in_channels, m.out_channels)
+                if isinstance(m, nn.Conv2d)
                 else (m.in_features, m.out_features)
             )
             coefficient = macs[wiring.module] // (in_c * out_c)

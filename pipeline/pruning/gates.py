@@ -25,6 +25,7 @@ def gated(
     handles = []
     for name, gate in gates.items():
         for bn in layout.groups[name].bns:
+
             def hook(_module, _inputs, output, gate=gate):
                 return output * gate.to(output.dtype).view(1, -1, 1, 1)
 

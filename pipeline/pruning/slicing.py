@@ -23,7 +23,9 @@ def dense_spec(model_name: str, input_shape, num_classes: int) -> ArchSpec:
     model = create_model(
         model_name, num_classes=num_classes, in_channels=input_shape[0], input_size=input_shape[1]
     )
-    return ArchSpec(model_name, tuple(input_shape), num_classes, model.channel_layout().dense_widths())
+    return ArchSpec(
+        model_name, tuple(input_shape), num_classes, model.channel_layout().dense_widths()
+    )
 
 
 def build_model(spec: ArchSpec) -> nn.Module:
@@ -60,12 +62,20 @@ def _resized(module: nn.Module, wiring: LayerWiring, widths: dict[str, int]) -> 
         if (out_c, in_c) == (module.out_channels, module.in_channels):
             return module
         return nn.Conv2d(
-            in_c, out_c, module.kernel_size, module.stride, module.padding, module.dilation,
-            bias=module.bias is not None, padding_mode=module.padding_mode,
+            in_c,
+            out_c,
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.dilation,
+            bias=module.bias is not None,
+            padding_mode=module.padding_mode,
         )
     if isinstance(module, nn.BatchNorm2d):
         c = width(wiring.out_group, module.num_features)
-        return module if c == module.num_features else nn.BatchNorm2d(c, module.eps, module.momentum)
+        return (
+            module if c == module.num_features else nn.BatchNorm2d(c, module.eps, module.momentum)
+        )
     if isinstance(module, nn.Linear):
         out_f = width(wiring.out_group, module.out_features)
         in_f = width(wiring.in_group, module.in_features)
@@ -91,8 +101,6 @@ def _select(layout: ChannelLayout, keep: Indices):
             continue
         yield wiring.module, "weight", (out_idx, in_idx)
         yield wiring.module, "bias", (out_idx,)
-
-
 
 
 def _gather(tensor: torch.Tensor, dims: tuple) -> torch.Tensor:

@@ -73,7 +73,9 @@ class ArchSpec:
         try:
             data = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ArtifactError(f"{path}: not valid JSON ({err}); regenerate it with `dvc repro`.")
+            raise ArtifactError(
+                f"{path}: not valid JSON ({err}); regenerate it with `dvc repro`."
+            ) from None
         return cls.from_dict(data, str(path))
 
 

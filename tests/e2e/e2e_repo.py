@@ -50,8 +50,10 @@ class Result:
     seconds: float
 
     def describe(self, tail: int = 6000) -> str:
-        return (f"$ {' '.join(self.args)}\n(exit {self.returncode} after {self.seconds:.1f} s)\n"
-                f"{self.output[-tail:]}")
+        return (
+            f"$ {' '.join(self.args)}\n(exit {self.returncode} after {self.seconds:.1f} s)\n"
+            f"{self.output[-tail:]}"
+        )
 
 
 class CommandTimeout(AssertionError):
@@ -75,8 +77,9 @@ class E2ERepo:
         for name in COPIED:
             source = PROJECT_ROOT / name
             if source.is_dir():
-                shutil.copytree(source, root / name,
-                                ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+                shutil.copytree(
+                    source, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+                )
             elif source.is_file():
                 shutil.copy2(source, root / name)
         repo = cls(root)
@@ -100,8 +103,13 @@ class E2ERepo:
         start = time.monotonic()
         try:
             completed = subprocess.run(
-                list(args), cwd=self.root, env=self.env, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, text=True, timeout=timeout,
+                list(args),
+                cwd=self.root,
+                env=self.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=timeout,
             )
         except subprocess.TimeoutExpired as error:
             output = error.output or ""
@@ -110,8 +118,9 @@ class E2ERepo:
             raise CommandTimeout(
                 f"$ {' '.join(args)} ran longer than {timeout} s:\n{output[-6000:]}"
             ) from None
-        result = Result(list(args), completed.returncode, completed.stdout,
-                        time.monotonic() - start)
+        result = Result(
+            list(args), completed.returncode, completed.stdout, time.monotonic() - start
+        )
         self.log.append(result)
         if check and result.returncode != 0:
             raise AssertionError("command failed:\n" + result.describe())

@@ -23,7 +23,8 @@ def test_baseline_meets_budget(method, target, tiny_data):
     seed_everything(0)
     result = get_method(method)(SearchContext(cfg, tiny_data, torch.device("cpu")))
     ratio = count_flops(result.model, tiny_data.input_shape) / count_flops(
-        build_model(result.dense_spec), tiny_data.input_shape)
+        build_model(result.dense_spec), tiny_data.input_shape
+    )
     assert target - 0.01 <= ratio <= target
     assert result.summary["flops_ratio"] == pytest.approx(ratio)
     assert build_model(result.spec).state_dict().keys() == result.model.state_dict().keys()
@@ -31,8 +32,9 @@ def test_baseline_meets_budget(method, target, tiny_data):
 
 
 def test_l1_keeps_the_largest_filters(tiny_data):
-    cfg = tiny_config(search={"method": "l1", "target_flops": 0.5, "epochs": 0},
-                      model={"arch": "vgg16"})
+    cfg = tiny_config(
+        search={"method": "l1", "target_flops": 0.5, "epochs": 0}, model={"arch": "vgg16"}
+    )
     seed_everything(0)
     result = get_method("l1")(SearchContext(cfg, tiny_data, torch.device("cpu")))
     # The first conv keeps the filters of largest L1 norm: compare to the dense init.

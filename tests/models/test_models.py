@@ -16,7 +16,9 @@ def test_every_conv_bn_linear_is_wired(name):
     model = create_model(name, num_classes=7, in_channels=1, input_size=size)
     layout = model.channel_layout()
     wired = {w.module for w in layout.layers}
-    prunable = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.BatchNorm2d | nn.Linear)}
+    prunable = {
+        n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.BatchNorm2d | nn.Linear)
+    }
     assert wired == prunable
     assert model(torch.randn(2, 1, size, size)).shape == (2, 7)
 

@@ -54,9 +54,18 @@ def test_infeasible_budget_says_how_to_fix():
         uniform_budget_widths(flops, layout.prunable_groups(False), 0.05, k_min=1)
 
 
-@pytest.mark.parametrize(("width", "dense", "k_min", "round_to", "expected"),
-                         [(5.7, 16, 1, 1, 5), (0.2, 16, 2, 1, 2), (13.0, 16, 1, 8, 8),
-                          (3.0, 16, 1, 8, 8), (40.0, 16, 1, 1, 16), (9.0, 12, 1, 8, 8), (3.0, 4, 1, 8, 4)])
+@pytest.mark.parametrize(
+    ("width", "dense", "k_min", "round_to", "expected"),
+    [
+        (5.7, 16, 1, 1, 5),
+        (0.2, 16, 2, 1, 2),
+        (13.0, 16, 1, 8, 8),
+        (3.0, 16, 1, 8, 8),
+        (40.0, 16, 1, 1, 16),
+        (9.0, 12, 1, 8, 8),
+        (3.0, 4, 1, 8, 4),
+    ],
+)
 def test_round_width(width, dense, k_min, round_to, expected):
     assert round_width(width, dense, k_min, round_to) == expected
 

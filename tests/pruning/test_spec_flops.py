@@ -27,9 +27,14 @@ def test_save_load_round_trip(tmp_path):
 
 @pytest.mark.parametrize(
     "text",
-    ["", "[]", "{", '{"model": "resnet20"}',
-     '{"model": "resnet20", "input_shape": [3, 32], "num_classes": 10, "widths": {}}',
-     '{"model": "resnet20", "input_shape": [3, 32, 32], "num_classes": 10, "widths": {"a": -1}}'],
+    [
+        "",
+        "[]",
+        "{",
+        '{"model": "resnet20"}',
+        '{"model": "resnet20", "input_shape": [3, 32], "num_classes": 10, "widths": {}}',
+        '{"model": "resnet20", "input_shape": [3, 32, 32], "num_classes": 10, "widths": {"a": -1}}',
+    ],
 )
 def test_corrupt_specs_are_refused_clearly(tmp_path, text):
     path = tmp_path / "arch.json"
@@ -60,7 +65,10 @@ def test_analytic_flops_match_the_built_compact_model(name):
     layout = dense.channel_layout()
     flops = FlopsModel(dense, layout, (3, size, size))
     generator = torch.Generator().manual_seed(0)
-    widths = {n: int(torch.randint(1, g.width + 1, (1,), generator=generator)) for n, g in layout.groups.items()}
+    widths = {
+        n: int(torch.randint(1, g.width + 1, (1,), generator=generator))
+        for n, g in layout.groups.items()
+    }
     compact = build_model(ArchSpec(name, (3, size, size), 10, widths))
     assert flops(widths) == count_flops(compact, (3, size, size))
     json.dumps(widths)

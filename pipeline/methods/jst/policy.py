@@ -82,12 +82,17 @@ class PolicyLearner:
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
-        self.baseline = self.momentum * self.baseline + (1 - self.momentum) * float(rewards_t.mean())
+        self.baseline = self.momentum * self.baseline + (1 - self.momentum) * float(
+            rewards_t.mean()
+        )
         return float(loss.detach())
 
     def state_dict(self) -> dict:
-        return {"policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "baseline": self.baseline}
+        return {
+            "policy": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "baseline": self.baseline,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.policy.load_state_dict(state["policy"])

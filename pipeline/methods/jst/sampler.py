@@ -80,6 +80,7 @@ class Sampler:
         Returns the projected keep-masses and the widths they give. FLOPs grow
         monotonically with the factor, so bisection finds it.
         """
+
         def scaled(factor: float) -> dict[str, float]:
             return {g: min(1.0, factor * tau[g]) for g in self.groups}
 
@@ -101,6 +102,7 @@ class Sampler:
         """Spend what one global factor leaves (whole ``round_to`` steps are coarse):
         add filters, most important first, while the budget holds. Importance is the next
         filter's mass relative to a uniform group (mass x width), so groups compare."""
+
         def next_mass(group: str, width: int) -> float:
             cumulative = scores[group].cumulative
             if width >= len(cumulative):
@@ -112,6 +114,5 @@ class Sampler:
 
     def keep_indices(self, scores: dict[str, GroupScores], widths: dict[str, int]):
         return {
-            g: scores[g].keep(widths[g]) if g in scores else torch.arange(widths[g])
-            for g in widths
+            g: scores[g].keep(widths[g]) if g in scores else torch.arange(widths[g]) for g in widths
         }

@@ -35,8 +35,18 @@ class Schedule:
         first = iteration_epochs / (j.iterations * (1 + j.epoch_decay) / 2)
         sigma_start = j.sigma_start if j.perturbation else 0.0
         sigma_min = j.sigma_min if j.perturbation else 0.0
-        return cls(j.iterations, search.target_flops, j.anneal_fraction, first, j.epoch_decay,
-                   search.lr, j.lr_decay, sigma_start, sigma_min, j.delta)
+        return cls(
+            j.iterations,
+            search.target_flops,
+            j.anneal_fraction,
+            first,
+            j.epoch_decay,
+            search.lr,
+            j.lr_decay,
+            sigma_start,
+            sigma_min,
+            j.delta,
+        )
 
     def progress(self, t: int) -> float:
         return (t - 1) / max(1, self.iterations - 1)

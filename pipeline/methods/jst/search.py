@@ -114,8 +114,15 @@ class JointSearch:
         labels = data.train.labels.numpy()
         parts = stratified_split(labels, {"alpha": self.jst.val_fraction}, seed=seed + 1)
         subset = lambda idx: Split(data.train.images[idx], data.train.labels[idx])  # noqa: E731
-        train = PreparedData(subset(parts["train"]), data.val, data.test, data.classes,
-                             data.mean, data.std, data.dataset)
+        train = PreparedData(
+            subset(parts["train"]),
+            data.val,
+            data.test,
+            data.classes,
+            data.mean,
+            data.std,
+            data.dataset,
+        )
         return train, subset(parts["alpha"])
 
     def _static_group_state(self) -> dict[str, tuple[float, float, float]]:
@@ -137,10 +144,16 @@ class JointSearch:
         """A shuffled loader whose order depends only on (seed, iteration, purpose)."""
         cfg = self.ctx.config
         a = cfg.train.augment
-        return BatchLoader(split, self.train_data.mean, self.train_data.std,
-                           batch_size=cfg.train.batch_size, shuffle=True,
-                           augment=Augment(a.crop_padding, a.hflip) if augment else None,
-                           seed=cfg.seed * 1_000_003 + t * 101 + salt, device=self.device)
+        return BatchLoader(
+            split,
+            self.train_data.mean,
+            self.train_data.std,
+            batch_size=cfg.train.batch_size,
+            shuffle=True,
+            augment=Augment(a.crop_padding, a.hflip) if augment else None,
+            seed=cfg.seed * 1_000_003 + t * 101 + salt,
+            device=self.device,
+        )
 
     # ------------------------------------------------------------------- run
     def run(self) -> SearchResult:
@@ -151,8 +164,14 @@ class JointSearch:
             for t in range(self.next_iteration, total + 1):
                 record = self._iteration(t)
                 self.history.append(record)
-                self.ctx.log_metrics({k: v for k, v in record.items()
-                                      if isinstance(v, int | float) and k != "iteration"}, t)
+                self.ctx.log_metrics(
+                    {
+                        k: v
+                        for k, v in record.items()
+                        if isinstance(v, int | float) and k != "iteration"
+                    },
+                    t,
+                )
                 self.next_iteration = t + 1
                 self._save()
                 advance(record)
@@ -166,9 +185,18 @@ class JointSearch:
         cfg = self.ctx.config
         whole, fraction = int(epochs), epochs - int(epochs)
         checkpoint = self.ctx.workdir / "jst_warmup.pt" if self.ctx.workdir else None
-        train(self.setup.model, self.train_data, epochs=whole, lr=cfg.search.lr,
-              settings=cfg.train, seed=cfg.seed, device=self.device, checkpoint=checkpoint,
-              fingerprint=f"warmup:{self.fingerprint}", desc="jst warm-up")
+        train(
+            self.setup.model,
+            self.train_data,
+            epochs=whole,
+            lr=cfg.search.lr,
+            settings=cfg.train,
+            seed=cfg.seed,
+            device=self.device,
+            checkpoint=checkpoint,
+            fingerprint=f"warmup:{self.fingerprint}",
+            desc="jst warm-up",
+        )
         if fraction > 0:
             loader = self._loader(self.train_data.train, 0, salt=5)
             steps = max(1, round(fraction * len(loader)))
@@ -184,8 +212,9 @@ class JointSearch:
         self._score(candidates, t, budget)
         policy_loss = 0.0
         if self.jst.thresholding:
-            policy_loss = self.policy.update([c.decision for c in candidates],
-                                             [c.reward for c in candidates])
+            policy_loss = self.policy.update(
+                [c.decision for c in candidates], [c.reward for c in candidates]
+            )
         chosen = max(candidates, key=lambda c: c.reward)
         self.tau = {g: max(self.jst.tau_min, chosen.tau[g]) for g in self.groups}
 
@@ -200,31 +229,48 @@ class JointSearch:
         spec = spec_for_indices(self.setup.spec, chosen.keep)
         meets = chosen.flops_ratio <= self.search_cfg.target_flops + 1e-9
         if meets and (self.best is None or val_top1 > self.best["val_top1"]):
-            self.best = {"iteration": t, "val_top1": val_top1,
-                         "keep": {g: k.clone() for g, k in chosen.keep.items()},
-                         "weights": {k: v.detach().cpu().clone() for k, v in sub.state_dict().items()},
-                         "alpha": {g: a.detach().clone() for g, a in sub_alpha.items()}}
+            self.best = {
+                "iteration": t,
+                "val_top1": val_top1,
+                "keep": {g: k.clone() for g, k in chosen.keep.items()},
+                "weights": {k: v.detach().cpu().clone() for k, v in sub.state_dict().items()},
+                "alpha": {g: a.detach().clone() for g, a in sub_alpha.items()},
+            }
         rewards = torch.tensor([c.reward for c in candidates])
         return {
-            "iteration": t, "budget": budget, "sigma": sigma, "delta": delta, "lr": lr,
-            "epochs": epochs, "flops_ratio": chosen.flops_ratio, "reward": chosen.reward,
-            "mean_reward": float(rewards.mean()), "candidate_score": chosen.score,
-            "val_top1": val_top1, "policy_entropy": self.policy.entropy(states),
-            "policy_loss": policy_loss, "meets_budget": int(meets),
+            "iteration": t,
+            "budget": budget,
+            "sigma": sigma,
+            "delta": delta,
+            "lr": lr,
+            "epochs": epochs,
+            "flops_ratio": chosen.flops_ratio,
+            "reward": chosen.reward,
+            "mean_reward": float(rewards.mean()),
+            "candidate_score": chosen.score,
+            "val_top1": val_top1,
+            "policy_entropy": self.policy.entropy(states),
+            "policy_loss": policy_loss,
+            "meets_budget": int(meets),
             "best_val_top1": self.best["val_top1"] if self.best else 0.0,
-            "arch_sha256": spec.sha256, **train_stats,
+            "arch_sha256": spec.sha256,
+            **train_stats,
         }
 
     def _draw(self, states: torch.Tensor, budget: float, sigma: float, delta: float) -> Candidate:
         """Steps 2-5: perturb alpha, move thresholds, sample, project onto the budget."""
-        scores = {g: GroupScores.of(gumbel_perturb(self.alpha[g], sigma, self.generator))
-                  for g in self.groups}
+        scores = {
+            g: GroupScores.of(gumbel_perturb(self.alpha[g], sigma, self.generator))
+            for g in self.groups
+        }
         decision = None
         if self.jst.thresholding:
             decision = self.policy.decide(states, self.generator)
             moves = self.policy.moves(decision, delta)
-            tau = {g: min(1.0, max(self.jst.tau_min, self.tau[g] + float(moves[i])))
-                   for i, g in enumerate(self.groups)}
+            tau = {
+                g: min(1.0, max(self.jst.tau_min, self.tau[g] + float(moves[i])))
+                for i, g in enumerate(self.groups)
+            }
         else:
             tau = {g: 1.0 for g in self.groups}  # one shared value, set by the projection
         projected, widths = self.sampler.project(scores, tau, budget)
@@ -312,28 +358,34 @@ class JointSearch:
         fold_gates_into_bn(sub, self.setup.layout, {g: gates_of(a) for g, a in alpha.items()})
         spec = spec_for_indices(self.setup.spec, keep)
         summary = budget_summary(self.setup, spec) | {
-            "best_iteration": self.best["iteration"], "val_top1": self.best["val_top1"],
+            "best_iteration": self.best["iteration"],
+            "val_top1": self.best["val_top1"],
             "iterations": self.schedule.iterations,
         }
-        console.log(f"jst: best sub-network from iteration {self.best['iteration']} "
-                    f"(val top-1 {self.best['val_top1']:.4f}, FLOPs {summary['flops_ratio']:.3f})")
+        console.log(
+            f"jst: best sub-network from iteration {self.best['iteration']} "
+            f"(val top-1 {self.best['val_top1']:.4f}, FLOPs {summary['flops_ratio']:.3f})"
+        )
         return SearchResult(spec, sub, self.setup.spec, self.history, summary)
 
     # ------------------------------------------------------------ checkpoint
     def _save(self) -> None:
         if self.checkpoint is None:
             return
-        save_atomic({
-            "fingerprint": self.fingerprint,
-            "next_iteration": self.next_iteration,
-            "target": self.setup.model.state_dict(),
-            "alpha": self.alpha,
-            "tau": self.tau,
-            "policy": self.policy.state_dict(),
-            "generator": self.generator.get_state(),
-            "history": self.history,
-            "best": self.best,
-        }, self.checkpoint)
+        save_atomic(
+            {
+                "fingerprint": self.fingerprint,
+                "next_iteration": self.next_iteration,
+                "target": self.setup.model.state_dict(),
+                "alpha": self.alpha,
+                "tau": self.tau,
+                "policy": self.policy.state_dict(),
+                "generator": self.generator.get_state(),
+                "history": self.history,
+                "best": self.best,
+            },
+            self.checkpoint,
+        )
 
     def _resume(self) -> None:
         path = self.checkpoint

@@ -15,13 +15,21 @@ from pipeline.methods import SearchContext, get_method  # noqa: E402
 from pipeline.train import seed_everything  # noqa: E402
 from tests.conftest import synthetic_data, tiny_config  # noqa: E402
 
-TINY_JST = {"iterations": 6, "warmup_epochs": 1, "candidates": 3, "alpha_steps": 3,
-            "score_batches": 1, "recalibrate_batches": 1}
+TINY_JST = {
+    "iterations": 6,
+    "warmup_epochs": 1,
+    "candidates": 3,
+    "alpha_steps": 3,
+    "score_batches": 1,
+    "recalibrate_batches": 1,
+}
 
 
 def tiny_jst_config(**jst):
-    return tiny_config(search={"method": "jst", "target_flops": 0.5, "epochs": 7,
-                               "jst": {**TINY_JST, **jst}}, model={"arch": "resnet20"})
+    return tiny_config(
+        search={"method": "jst", "target_flops": 0.5, "epochs": 7, "jst": {**TINY_JST, **jst}},
+        model={"arch": "resnet20"},
+    )
 
 
 def main(workdir: str, result_path: str) -> None:
@@ -30,10 +38,16 @@ def main(workdir: str, result_path: str) -> None:
     ctx = SearchContext(tiny_jst_config(), synthetic_data(), torch.device("cpu"), Path(workdir))
     result = get_method("jst")(ctx)
     weights = sum(float(p.double().sum()) for p in result.model.state_dict().values())
-    Path(result_path).write_text(json.dumps({
-        "arch_sha256": result.spec.sha256, "summary": result.summary,
-        "history": result.history, "weights_checksum": weights,
-    }))
+    Path(result_path).write_text(
+        json.dumps(
+            {
+                "arch_sha256": result.spec.sha256,
+                "summary": result.summary,
+                "history": result.history,
+                "weights_checksum": weights,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from pipeline.errors import ConfigError
 from pipeline.methods.jst.policy import STATE_SIZE, PolicyLearner, group_state
 from pipeline.methods.jst.schedule import Schedule
-from pipeline.errors import ConfigError
 from tests.conftest import tiny_config
 
 
@@ -16,7 +16,9 @@ def test_policy_update_has_nonzero_gradient_on_different_rewards():
     decisions = [learner.decide(states, generator) for _ in range(4)]
     before = [p.detach().clone() for p in learner.policy.parameters()]
     learner.update(decisions, [0.1, 0.9, 0.4, 0.6])
-    changed = [not torch.equal(a, b) for a, b in zip(before, learner.policy.parameters(), strict=True)]
+    changed = [
+        not torch.equal(a, b) for a, b in zip(before, learner.policy.parameters(), strict=True)
+    ]
     assert any(changed)
 
 
@@ -27,7 +29,9 @@ def test_single_candidate_gets_an_advantage_once_the_baseline_exists():
     learner.update([learner.decide(states, generator)], [0.5])  # sets the baseline
     before = [p.detach().clone() for p in learner.policy.parameters()]
     learner.update([learner.decide(states, generator)], [0.9])
-    assert any(not torch.equal(a, b) for a, b in zip(before, learner.policy.parameters(), strict=True))
+    assert any(
+        not torch.equal(a, b) for a, b in zip(before, learner.policy.parameters(), strict=True)
+    )
 
 
 def test_policy_learns_to_prefer_the_rewarded_action():
@@ -50,9 +54,18 @@ def test_group_state_entropy_is_normalised():
 
 
 def test_schedule_anneals_and_spends_the_epochs():
-    cfg = tiny_config(search={"epochs": 22, "target_flops": 0.4,
-                              "jst": {"iterations": 10, "warmup_epochs": 2, "epoch_decay": 0.5,
-                                      "anneal_fraction": 0.5}})
+    cfg = tiny_config(
+        search={
+            "epochs": 22,
+            "target_flops": 0.4,
+            "jst": {
+                "iterations": 10,
+                "warmup_epochs": 2,
+                "epoch_decay": 0.5,
+                "anneal_fraction": 0.5,
+            },
+        }
+    )
     s = Schedule.from_config(cfg.search)
     assert sum(s.epochs(t) for t in range(1, 11)) == pytest.approx(20)
     assert s.epochs(1) > s.epochs(10)

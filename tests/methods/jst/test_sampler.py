@@ -14,14 +14,17 @@ def _cumulative(masses):
     return torch.cumsum(torch.tensor(masses, dtype=torch.float64), 0)
 
 
-@pytest.mark.parametrize(("masses", "tau", "expected"), [
-    ([0.5, 0.3, 0.1, 0.1], 0.5, 1),   # the top filter alone reaches the mass
-    ([0.5, 0.3, 0.1, 0.1], 0.51, 2),
-    ([0.5, 0.3, 0.1, 0.1], 0.8, 2),   # exactly reached
-    ([0.5, 0.3, 0.1, 0.1], 0.85, 3),
-    ([0.5, 0.3, 0.1, 0.1], 1.0, 4),
-    ([0.25] * 4, 0.0, 1),
-])
+@pytest.mark.parametrize(
+    ("masses", "tau", "expected"),
+    [
+        ([0.5, 0.3, 0.1, 0.1], 0.5, 1),  # the top filter alone reaches the mass
+        ([0.5, 0.3, 0.1, 0.1], 0.51, 2),
+        ([0.5, 0.3, 0.1, 0.1], 0.8, 2),  # exactly reached
+        ([0.5, 0.3, 0.1, 0.1], 0.85, 3),
+        ([0.5, 0.3, 0.1, 0.1], 1.0, 4),
+        ([0.25] * 4, 0.0, 1),
+    ],
+)
 def test_fewest_top_filters_reaching_the_mass(masses, tau, expected):
     assert width_for_mass(_cumulative(masses), tau, k_min=1, round_to=1) == expected
 
@@ -56,13 +59,19 @@ def _sampler(name="resnet20", round_to=1, prune_coupled=True):
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 100_000), budget=st.floats(0.2, 1.0), round_to=st.sampled_from([1, 4, 8]),
-       scale=st.floats(0.0, 5.0))
+@given(
+    seed=st.integers(0, 100_000),
+    budget=st.floats(0.2, 1.0),
+    round_to=st.sampled_from([1, 4, 8]),
+    scale=st.floats(0.0, 5.0),
+)
 def test_every_candidate_meets_the_budget(seed, budget, round_to, scale):
     sampler, layout = _sampler(round_to=round_to)
     generator = torch.Generator().manual_seed(seed)
-    scores = {g: GroupScores.of(torch.randn(layout.groups[g].width, generator=generator) * scale)
-              for g in sampler.groups}
+    scores = {
+        g: GroupScores.of(torch.randn(layout.groups[g].width, generator=generator) * scale)
+        for g in sampler.groups
+    }
     tau = {g: float(torch.rand(1, generator=generator)) * 0.95 + 0.05 for g in sampler.groups}
     _, widths = sampler.project(scores, tau, budget)
     assert sampler.flops.ratio(widths) <= budget + 1e-12
@@ -82,8 +91,10 @@ def test_every_candidate_meets_the_budget(seed, budget, round_to, scale):
 def test_candidates_use_the_budget_within_one_point(budget, seed):
     sampler, layout = _sampler("resnet56")
     generator = torch.Generator().manual_seed(seed)
-    scores = {g: GroupScores.of(torch.randn(layout.groups[g].width, generator=generator))
-              for g in sampler.groups}
+    scores = {
+        g: GroupScores.of(torch.randn(layout.groups[g].width, generator=generator))
+        for g in sampler.groups
+    }
     tau = {g: float(torch.rand(1, generator=generator)) * 0.9 + 0.1 for g in sampler.groups}
     _, widths = sampler.project(scores, tau, budget)
     assert budget - 0.01 <= sampler.flops.ratio(widths) <= budget

@@ -33,17 +33,23 @@ def test_result_meets_budget_and_logs_every_iteration():
     data = synthetic_data()
     seed_everything(0)
     logged = []
-    ctx = SearchContext(tiny_jst_config(), data, torch.device("cpu"),
-                        log_metrics=lambda m, step: logged.append(step))
+    ctx = SearchContext(
+        tiny_jst_config(),
+        data,
+        torch.device("cpu"),
+        log_metrics=lambda m, step: logged.append(step),
+    )
     result = get_method("jst")(ctx)
     ratio = count_flops(result.model, data.input_shape) / count_flops(
-        build_model(result.dense_spec), data.input_shape)
+        build_model(result.dense_spec), data.input_shape
+    )
     assert 0.49 <= ratio <= 0.5
     assert [h["iteration"] for h in result.history] == list(range(1, 7))
     assert logged == list(range(1, 7))
     assert result.history[0]["budget"] > result.history[-1]["budget"] == pytest.approx(0.5)
     assert {"val_top1", "flops_ratio", "reward", "budget", "sigma", "policy_entropy"} <= set(
-        result.history[-1])
+        result.history[-1]
+    )
 
 
 def test_updater_writes_kept_indices_and_leaves_dropped_untouched():
@@ -54,8 +60,9 @@ def test_updater_writes_kept_indices_and_leaves_dropped_untouched():
     sub = search._gather(candidate.keep)
     for p in sub.parameters():
         p.data.fill_(3.0)
-    sub_alpha = {g: torch.full((len(k),), -0.5) for g, k in candidate.keep.items()
-                 if g in search.groups}
+    sub_alpha = {
+        g: torch.full((len(k),), -0.5) for g, k in candidate.keep.items() if g in search.groups
+    }
     search._update_target(sub, sub_alpha, candidate.keep)
     after = search.setup.model.state_dict()
     kept = candidate.keep["stem"]
@@ -113,8 +120,12 @@ def test_deterministic_for_a_seed():
 
 
 def _run(workdir: Path, result: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(HERE / "run_tiny_jst.py"), str(workdir), str(result)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(HERE / "run_tiny_jst.py"), str(workdir), str(result)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def test_resume_after_sigkill_gives_the_uninterrupted_architecture(tmp_path):
@@ -145,9 +156,13 @@ def test_resume_after_sigkill_gives_the_uninterrupted_architecture(tmp_path):
 
 def test_checkpoint_of_other_parameters_is_not_reused(tmp_path):
     seed_everything(0)
-    ctx = SearchContext(tiny_jst_config(iterations=2), synthetic_data(), torch.device("cpu"), tmp_path)
+    ctx = SearchContext(
+        tiny_jst_config(iterations=2), synthetic_data(), torch.device("cpu"), tmp_path
+    )
     JointSearch(ctx).run()
-    other = SearchContext(tiny_jst_config(iterations=3), synthetic_data(), torch.device("cpu"), tmp_path)
+    other = SearchContext(
+        tiny_jst_config(iterations=3), synthetic_data(), torch.device("cpu"), tmp_path
+    )
     search = JointSearch(other)
     search._resume()
     assert search.next_iteration == 1

@@ -1,0 +1,272 @@
+"""Compare JST with the baselines at equal FLOPs budgets and equal total epochs.
+
+Every method gets ``--search-epochs`` for its search phase (JST: warm-up + iterations;
+l1/slimming/random: dense pre-training; scratch: training the thinned network) and then
+``--finetune-epochs`` of fine-tuning, so total epochs are equal. Data are split into
+train/validation/test by seed; test accuracy is reported, and nothing is tuned on it.
+
+Results accumulate in a JSON file (one record per method x budget x seed; finished runs
+are skipped, so the benchmark resumes), then a Markdown table and a Pareto plot are
+written from it.
+
+    uv run python benchmarks/compare_methods.py                      # the documented run
+    uv run python benchmarks/compare_methods.py --report-only        # rebuild table + plot
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.config import parse_config
+from pipeline.data import load_dataset, normalize
+from pipeline.evaluate import measure_latency, open_session
+from pipeline.export import export_onnx
+from pipeline.methods import SearchContext, get_method
+from pipeline.pruning.flops import count_flops, count_params
+from pipeline.pruning.slicing import build_model
+from pipeline.train import evaluate, resolve_device, seed_everything, train
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = {  # name -> (method, overrides of search.jst)
+    "jst": ("jst", {}),
+    "scratch": ("scratch", {}),
+    "l1": ("l1", {}),
+    "slimming": ("slimming", {}),
+    "random": ("random", {}),
+    "jst-no-perturbation": ("jst", {"perturbation": False}),
+    "jst-no-thresholding": ("jst", {"thresholding": False}),
+    "jst-neither": ("jst", {"perturbation": False, "thresholding": False}),
+}
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--data", default=str(ROOT.parent / "shared/datasets/cifar10-dev"))
+    p.add_argument("--dataset", default="imagefolder")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--arch", default="resnet20")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument(
+        "--ablation-budgets",
+        nargs="+",
+        type=float,
+        default=[0.3],
+        help="budgets at which the jst-* ablations run",
+    )
+    p.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.3])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--search-epochs", type=float, default=20)
+    p.add_argument("--finetune-epochs", type=int, default=10)
+    p.add_argument("--round-to", type=int, default=8)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--results", default=str(ROOT / "benchmarks/results/compare_methods.json"))
+    p.add_argument("--report", default=str(ROOT / "docs/comparison.md"))
+    p.add_argument("--report-only", action="store_true")
+    return p.parse_args()
+
+
+def config_for(args, method: str, budget: float, seed: int, jst_overrides: dict):
+    search_epochs = args.search_epochs if method == "jst" else int(round(args.search_epochs))
+    return parse_config(
+        {
+            "seed": seed,
+            "model": {"arch": args.arch},
+            "train": {
+                "device": args.device,
+                "batch_size": 128,
+                "augment": {"crop_padding": max(1, args.image_size // 8), "hflip": True},
+            },
+            "search": {
+                "method": method,
+                "target_flops": budget,
+                "epochs": search_epochs,
+                "lr": 0.1,
+                "round_to": args.round_to,
+                "jst": {"iterations": 12, "warmup_epochs": 2, **jst_overrides},
+            },
+            "finetune": {"epochs": args.finetune_epochs, "lr": 0.02},
+        }
+    )
+
+
+def latency_ms(model, input_shape, samples) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.onnx"
+        export_onnx(model.cpu().eval(), input_shape, path, sample_inputs=samples)
+        session, _ = open_session(path, "cpu")
+        timing = measure_latency(
+            {"m": session}, input_shape, batch_sizes=[64], warmup=5, repeats=30
+        )
+    return timing["batch_64"]["m"]["median_ms"]
+
+
+def run_one(args, variant: str, budget: float, seed: int) -> dict:
+    method, overrides = VARIANTS[variant]
+    cfg = config_for(args, method, budget, seed, overrides)
+    data = load_dataset(
+        args.dataset,
+        args.data,
+        download=False,
+        image_size=args.image_size,
+        val_fraction=0.1,
+        test_fraction=0.2,
+        seed=seed,
+    )
+    device = resolve_device(cfg.train.device)
+    seed_everything(seed)
+    start = time.perf_counter()
+    result = get_method(method)(SearchContext(cfg, data, device))
+    search_s = time.perf_counter() - start
+    model = result.model.to(device)
+    train(
+        model,
+        data,
+        epochs=cfg.finetune.epochs,
+        lr=cfg.finetune.lr,
+        settings=cfg.train,
+        seed=seed,
+        device=device,
+        desc=f"{variant} finetune",
+    )
+    wall_s = time.perf_counter() - start
+    dense_flops = count_flops(build_model(result.dense_spec), data.input_shape)
+    samples = normalize(data.test.images[:16], data.mean, data.std)
+    return {
+        "variant": variant,
+        "method": method,
+        "budget": budget,
+        "seed": seed,
+        "val_top1": evaluate(model, data.val, data, device)["top1"],
+        "test_top1": evaluate(model, data.test, data, device)["top1"],
+        "flops_ratio": count_flops(model, data.input_shape) / dense_flops,
+        "params": count_params(model),
+        "latency_b64_ms": latency_ms(model, data.input_shape, samples),
+        "search_s": search_s,
+        "wall_s": wall_s,
+        "arch_sha256": result.spec.sha256,
+        "total_epochs": cfg.search.epochs + cfg.finetune.epochs,
+    }
+
+
+def planned_runs(args):
+    for budget in args.budgets:
+        for variant in args.variants:
+            if variant.startswith("jst-") and budget not in args.ablation_budgets:
+                continue
+            for seed in args.seeds:
+                yield variant, budget, seed
+
+
+def main() -> None:
+    args = parse_args()
+    results_path = Path(args.results)
+    store = json.loads(results_path.read_text()) if results_path.exists() else {"runs": []}
+    done = {(r["variant"], r["budget"], r["seed"]) for r in store["runs"]}
+    if not args.report_only:
+        store["setup"] = {k: v for k, v in vars(args).items() if k not in ("report_only",)}
+        store["machine"] = machine()
+        for key in planned_runs(args):
+            if key in done:
+                continue
+            print(f"== {key}", flush=True)
+            store["runs"].append(run_one(args, *key))
+            results_path.parent.mkdir(parents=True, exist_ok=True)
+            results_path.write_text(json.dumps(store, indent=2) + "\n")
+    write_report(store, Path(args.report))
+
+
+def machine() -> dict:
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor()
+    return {
+        "device": device or platform.machine(),
+        "cpus": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _mean_std(values):
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def write_report(store: dict, path: Path) -> None:
+    rows = {}
+    for r in store["runs"]:
+        rows.setdefault((r["budget"], r["variant"]), []).append(r)
+    order = list(VARIANTS)
+    lines = [
+        "| budget | method | test top-1 (mean ± std) | val top-1 | FLOPs ratio | params "
+        "| latency b64 (ms) | wall time (s) | seeds |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (budget, variant), runs in sorted(
+        rows.items(), key=lambda kv: (-kv[0][0], order.index(kv[0][1]))
+    ):
+        top1, std = _mean_std([r["test_top1"] for r in runs])
+        val, _ = _mean_std([r["val_top1"] for r in runs])
+        lines.append(
+            f"| {budget} | {variant} | {100 * top1:.2f} ± {100 * std:.2f} | {100 * val:.2f} "
+            f"| {statistics.fmean(r['flops_ratio'] for r in runs):.3f} "
+            f"| {statistics.fmean(r['params'] for r in runs) / 1e3:.1f} k "
+            f"| {statistics.fmean(r['latency_b64_ms'] for r in runs):.2f} "
+            f"| {statistics.fmean(r['wall_s'] for r in runs):.0f} | {len(runs)} |"
+        )
+    setup = store.get("setup", {})
+    text = "\n".join(lines)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plot = pareto_plot(rows, path.with_name("comparison_pareto.png"))
+    path.write_text(
+        "# JST vs baselines\n\n"
+        f"Data: `{setup.get('data')}` ({setup.get('image_size')} px), model {setup.get('arch')}, "
+        f"{setup.get('search_epochs')} search + {setup.get('finetune_epochs')} fine-tuning epochs "
+        f"for every method, round_to={setup.get('round_to')}; machine: {store.get('machine')}.\n\n"
+        "Command: `uv run python benchmarks/compare_methods.py` "
+        "(results: `benchmarks/results/compare_methods.json`).\n\n"
+        f"{text}\n\n![Pareto]({plot.name})\n"
+    )
+    print(text)
+
+
+def pareto_plot(rows: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for variant in VARIANTS:
+        points = sorted((b, [r for r in runs]) for (b, v), runs in rows.items() if v == variant)
+        if not points:
+            continue
+        xs = [statistics.fmean(r["flops_ratio"] for r in runs) for _, runs in points]
+        ys = [100 * statistics.fmean(r["test_top1"] for r in runs) for _, runs in points]
+        errs = [100 * _mean_std([r["test_top1"] for r in runs])[1] for _, runs in points]
+        ax.errorbar(
+            xs,
+            ys,
+            yerr=errs,
+            marker="o",
+            capsize=3,
+            label=variant,
+            linestyle="-" if not variant.startswith("jst-") else ":",
+        )
+    ax.set_xlabel("kept FLOPs ratio")
+    ax.set_ylabel("test top-1 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Wall time per epoch: a JST search vs dense training of the same network on the same data.
+
+Both run in this process, one after the other, on the same split, so the ratio is robust
+to the machine's speed (absolute times on shared machines are noisy). "Epoch" counts the
+training epochs the search spends (warm-up + per-iteration epochs), i.e. ``search.epochs``;
+candidate scoring, BN recalibration and gate updates are overheads inside that time.
+
+    uv run python benchmarks/search_cost.py                       # cifar10-dev, ResNet-20
+    uv run python benchmarks/search_cost.py --dataset digits --image-size 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.config import parse_config
+from pipeline.data import load_dataset
+from pipeline.methods import SearchContext, get_method
+from pipeline.models import create_model
+from pipeline.train import resolve_device, seed_everything, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--dataset", default="imagefolder")
+    p.add_argument("--data", default=str(ROOT.parent / "shared/datasets/cifar10-dev"))
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--arch", default="resnet20")
+    p.add_argument("--epochs", type=float, default=8, help="search.epochs of the JST run")
+    p.add_argument("--dense-epochs", type=int, default=3)
+    p.add_argument("--target", type=float, default=0.5)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=str(ROOT / "benchmarks/results/search_cost.json"))
+    args = p.parse_args()
+
+    data = load_dataset(
+        args.dataset,
+        args.data,
+        download=False,
+        image_size=args.image_size,
+        val_fraction=0.1,
+        test_fraction=0.2,
+        seed=0,
+    )
+    cfg = parse_config(
+        {
+            "model": {"arch": args.arch},
+            "train": {"device": args.device, "batch_size": 128},
+            "search": {
+                "method": "jst",
+                "target_flops": args.target,
+                "epochs": args.epochs,
+                "round_to": 8,
+                "jst": {"iterations": 6, "warmup_epochs": 1},
+            },
+        }
+    )
+    device = resolve_device(cfg.train.device)
+    c, h, _ = data.input_shape
+
+    seed_everything(0)
+    dense = create_model(args.arch, num_classes=data.num_classes, in_channels=c, input_size=h)
+    start = time.perf_counter()
+    train(
+        dense,
+        data,
+        epochs=args.dense_epochs,
+        lr=0.1,
+        settings=cfg.train,
+        seed=0,
+        device=device,
+        desc="dense",
+    )
+    dense_epoch_s = (time.perf_counter() - start) / args.dense_epochs
+
+    seed_everything(0)
+    start = time.perf_counter()
+    get_method("jst")(SearchContext(cfg, data, device))
+    jst_epoch_s = (time.perf_counter() - start) / args.epochs
+
+    record = {
+        "dataset": args.dataset,
+        "image_size": args.image_size,
+        "arch": args.arch,
+        "target_flops": args.target,
+        "train_images": len(data.train.labels),
+        "dense_epoch_s": dense_epoch_s,
+        "jst_epoch_s": jst_epoch_s,
+        "ratio": jst_epoch_s / dense_epoch_s,
+        "device": str(device),
+        "machine": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps(record, indent=2))
+
+
+if __name__ == "__main__":
+    main()
