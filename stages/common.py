@@ -39,7 +39,8 @@ def run_stage(main: Callable[[], None]) -> None:
     try:
         main()
     except PipelineError as err:
-        console.print(f"[bold red]error:[/] {err}", highlight=False)
+        # soft_wrap: not re-wrapped at 80 columns in logs, so the message stays greppable.
+        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         console.print("[bold red]interrupted[/]")

@@ -99,7 +99,16 @@ class E2ERepo:
 
     # ------------------------------------------------------------------ commands
 
-    def run(self, args: Sequence[str], *, timeout: float = 300, check: bool = True) -> Result:
+    def run(
+        self,
+        args: Sequence[str],
+        *,
+        timeout: float = 300,
+        check: bool = True,
+        merge_stderr: bool = True,
+    ) -> Result:
+        """Run ``args`` in the repository; ``output`` is stdout and stderr together, or
+        stdout alone with ``merge_stderr=False`` (for commands whose stdout is JSON)."""
         start = time.monotonic()
         try:
             completed = subprocess.run(
@@ -107,7 +116,7 @@ class E2ERepo:
                 cwd=self.root,
                 env=self.env,
                 stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
+                stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
                 text=True,
                 timeout=timeout,
             )
@@ -118,9 +127,10 @@ class E2ERepo:
             raise CommandTimeout(
                 f"$ {' '.join(args)} ran longer than {timeout} s:\n{output[-6000:]}"
             ) from None
-        result = Result(
-            list(args), completed.returncode, completed.stdout, time.monotonic() - start
-        )
+        output = completed.stdout
+        if not merge_stderr and completed.returncode != 0:
+            output += completed.stderr
+        result = Result(list(args), completed.returncode, output, time.monotonic() - start)
         self.log.append(result)
         if check and result.returncode != 0:
             raise AssertionError("command failed:\n" + result.describe())
@@ -128,6 +138,11 @@ class E2ERepo:
 
     def dvc(self, *args: str, timeout: float = 300, check: bool = True) -> Result:
         return self.run([sys.executable, "-m", "dvc", *args], timeout=timeout, check=check)
+
+    def dvc_json(self, *args: str, timeout: float = 300) -> Any:
+        """The parsed JSON that ``dvc <args>`` prints on stdout (warnings go to stderr)."""
+        result = self.run([sys.executable, "-m", "dvc", *args], timeout=timeout, merge_stderr=False)
+        return json.loads(result.output)
 
     def git(self, *args: str, check: bool = True) -> Result:
         return self.run(["git", *args], timeout=60, check=check)

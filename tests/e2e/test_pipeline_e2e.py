@@ -9,7 +9,6 @@ few minutes on two CPU cores.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from pathlib import Path
@@ -143,7 +142,9 @@ def test_repro_produces_models_metrics_and_plots(repo: E2ERepo) -> None:
     status = repo.dvc("status")
     assert "up to date" in status.output, status.describe()
 
-    plots = json.loads(repo.dvc("plots", "show", "--json").output)["data"]
+    shown_plots = repo.dvc_json("plots", "show", "--json")
+    assert not shown_plots.get("errors"), shown_plots["errors"]
+    plots = shown_plots["data"]
     for name in ("search history", "fine-tuning", "kept widths per group"):
         assert name in plots, sorted(plots)
         rendered = plots[name][0]
@@ -259,7 +260,7 @@ def test_experiment_reruns_from_search_and_registers_a_new_version(
     assert 0.29 <= evaluate["flops_ratio"] <= 0.3, evaluate["flops_ratio"]
     assert repo.metrics("search")["target_flops"] == 0.3
 
-    shown = json.loads(repo.dvc("exp", "show", "--json").output)
+    shown = repo.dvc_json("exp", "show", "--json")
     ratios = {
         entry["name"]: experiment_metric(entry, "metrics/evaluate.json", "flops_ratio")
         for entry in walk_experiments(shown)
@@ -274,7 +275,7 @@ def test_experiment_reruns_from_search_and_registers_a_new_version(
     diff = repo.dvc("metrics", "diff")
     assert diff.returncode == 0
     assert "flops_ratio" in diff.output, diff.describe()
-    diff_json = json.loads(repo.dvc("metrics", "diff", "--json").output)
+    diff_json = repo.dvc_json("metrics", "diff", "--json")
     ratio_change = diff_json["metrics/evaluate.json"]["flops_ratio"]
     assert ratio_change["new"] == pytest.approx(evaluate["flops_ratio"])
     assert ratio_change["new"] < ratio_change["old"]
@@ -376,7 +377,7 @@ def test_queued_experiment_logs_to_the_repository_store(
     logs = repo.dvc("queue", "logs", name, check=False).output
     assert "Stage 'prepare' didn't change, skipping" in logs, logs[-4000:]
 
-    shown = json.loads(repo.dvc("exp", "show", "--json").output)
+    shown = repo.dvc_json("exp", "show", "--json")
     ratios = {
         entry["name"]: experiment_metric(entry, "metrics/evaluate.json", "flops_ratio")
         for entry in walk_experiments(shown)

@@ -1,0 +1,29 @@
+"""Gates after BN fold into BN's affine parameters at no cost and with no change."""
+
+import torch
+
+from pipeline.models import create_model
+from pipeline.pruning.gates import fold_gates_into_bn, gated
+
+
+def test_folding_gates_gives_the_gated_outputs():
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=5, in_channels=3, input_size=16).eval()
+    layout = model.channel_layout()
+    gates = {n: torch.rand(g.width) * 2 for n, g in layout.groups.items()}
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad(), gated(model, layout, gates):
+        expected = model(x)
+    fold_gates_into_bn(model, layout, gates)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_gates_are_removed_after_the_block():
+    model = create_model("vgg16", num_classes=5, in_channels=1, input_size=8).eval()
+    layout = model.channel_layout()
+    x = torch.randn(2, 1, 8, 8)
+    before = model(x)
+    with gated(model, layout, {n: torch.zeros(g.width) for n, g in layout.groups.items()}):
+        assert torch.allclose(model(x), model.fc.bias.expand(2, -1))
+    torch.testing.assert_close(model(x), before)

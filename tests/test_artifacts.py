@@ -1,0 +1,72 @@
+"""Compact models round-trip through spec + safetensors; mismatches are refused."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from pipeline.artifacts import load_compact, save_compact
+from pipeline.errors import ArtifactError
+from pipeline.pruning.slicing import build_model, dense_spec
+from pipeline.pruning.spec import ArchSpec
+
+
+def _compact():
+    spec = dense_spec("resnet20", (1, 8, 8), 4)
+    widths = {g: max(1, w // 2) for g, w in spec.widths.items()}
+    spec = ArchSpec(spec.model, spec.input_shape, spec.num_classes, widths)
+    torch.manual_seed(0)
+    return spec, build_model(spec).eval()
+
+
+def test_round_trip(tmp_path):
+    spec, model = _compact()
+    save_compact(tmp_path / "m", spec, model)
+    loaded_spec, loaded = load_compact(tmp_path / "m")
+    assert loaded_spec.sha256 == spec.sha256
+    x = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(loaded.eval()(x), model(x), rtol=0, atol=0)
+
+
+def test_weights_of_another_architecture_are_refused(tmp_path):
+    spec, model = _compact()
+    save_compact(tmp_path / "m", spec, model)
+    other = dict(spec.widths, stem=spec.widths["stem"] + 1)
+    (tmp_path / "m" / "arch.json").write_text(json.dumps(
+        ArchSpec(spec.model, spec.input_shape, spec.num_classes, other).to_dict()))
+    with pytest.raises(ArtifactError, match="does not match"):
+        load_compact(tmp_path / "m")
+
+
+@pytest.mark.parametrize("content", [b"", b"not safetensors at all", b"\x00" * 64])
+def test_corrupt_weights_are_refused(tmp_path, content):
+    spec, model = _compact()
+    save_compact(tmp_path / "m", spec, model)
+    (tmp_path / "m" / "weights.safetensors").write_bytes(content)
+    with pytest.raises(ArtifactError, match="weights.safetensors"):
+        load_compact(tmp_path / "m")
+
+
+def test_missing_tensor_is_refused(tmp_path):
+    spec, model = _compact()
+    save_compact(tmp_path / "m", spec, model)
+    state = {k: v for k, v in model.state_dict().items() if k != "fc.weight"}
+    save_file(state, tmp_path / "m" / "weights.safetensors")
+    with pytest.raises(ArtifactError, match="fc.weight"):
+        load_compact(tmp_path / "m")
+
+
+def test_failed_save_keeps_the_old_model(tmp_path):
+    spec, model = _compact()
+    save_compact(tmp_path / "m", spec, model)
+    before = (tmp_path / "m" / "weights.safetensors").read_bytes()
+
+    class Broken(torch.nn.Module):
+        def state_dict(self, *args, **kwargs):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        save_compact(tmp_path / "m", spec, Broken())
+    assert (tmp_path / "m" / "weights.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]

@@ -1,0 +1,63 @@
+"""params.yaml validation: defaults, the shipped file, and one clear message per bad value."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import load_config, parse_config
+from pipeline.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_params_are_valid():
+    cfg = load_config(ROOT / "params.yaml")
+    assert cfg.search.target_flops <= 1
+
+
+def test_defaults_are_valid():
+    assert parse_config({}).search.method in {"jst", "l1"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ({"search": {"target_flops": 0}}, "search.target_flops"),
+        ({"search": {"target_flops": 1.5}}, "search.target_flops"),
+        ({"search": {"method": "magic"}}, "search.method"),
+        ({"model": {"arch": "resnet9000"}}, "model.arch"),
+        ({"data": {"dataset": "mnist"}}, "data.dataset"),
+        ({"data": {"val_fraction": 1.2}}, "data.val_fraction"),
+        ({"train": {"batch_size": 0}}, "train.batch_size"),
+        ({"train": {"device": "tpu"}}, "train.device"),
+        ({"search": {"epochs": "many"}}, "search.epochs"),
+        ({"search": {"jst": {"sigma_start": 0.1, "sigma_min": 0.5}}}, "search.jst.sigma_min"),
+        ({"search": {"jst": {"iterations": 0}}}, "search.jst.iterations"),
+        ({"tracking": {"alias": "latest"}}, "tracking.alias"),
+        ({"serach": {}}, "serach"),
+        ({"search": {"target_flop": 0.5}}, "search.target_flop"),
+    ],
+)
+def test_bad_values_name_the_parameter(raw, field):
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw)
+    assert field in str(err.value)
+
+
+def test_unknown_key_says_how_to_fix():
+    with pytest.raises(ConfigError, match="unknown parameter"):
+        parse_config({"search": {"bogus": 1}})
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("search: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    top = tmp_path / "list.yaml"
+    top.write_text(yaml.safe_dump([1, 2]))
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(top)
