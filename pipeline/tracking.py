@@ -560,11 +560,16 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
 # --------------------------------------------------------------------------- reproducibility
 
 
+CODE_PATHS = ("pipeline", "stages", "dvc.yaml", "pyproject.toml", "uv.lock")
+
+
 def reproducibility_tags(repo_root: Path | str) -> dict[str, str]:
     """Tags that say which code and environment produced a run."""
     commit = _git(repo_root, "rev-parse", "HEAD")
-    status = _git(repo_root, "status", "--porcelain")
-    return {
+    # Dirty means uncommitted *code*: DVC's own outputs, dvc.lock and the params that
+    # `dvc exp run -S` sets change in every run (and the params are logged in full).
+    status = _git(repo_root, "status", "--porcelain", "--", *CODE_PATHS)
+    tags = {
         "git.commit": commit or "unknown",
         "git.dirty": "unknown" if status is None else str(bool(status)).lower(),
         "mlflow.source.git.commit": commit or "unknown",  # shown by the MLflow UI
@@ -574,6 +579,13 @@ def reproducibility_tags(repo_root: Path | str) -> dict[str, str]:
         "host.name": socket.gethostname(),
         "device": _device_name(),
     }
+    for variable, tag in (
+        ("DVC_EXP_NAME", "dvc.experiment"),
+        ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev"),
+    ):
+        if os.environ.get(variable):
+            tags[tag] = os.environ[variable]
+    return tags
 
 
 def _git(repo_root: Path | str, *args: str) -> str | None:

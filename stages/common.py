@@ -82,6 +82,11 @@ def run_name(cfg: PipelineConfig) -> str:
     return f"{cfg.model.arch}-{s.method}-{s.target_flops:g}-{cfg.data.dataset}-seed{cfg.seed}"
 
 
+def _display_path(path: Path) -> Path:
+    path = path.resolve()
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
 def pipeline_tracker(cfg: PipelineConfig):
     """The MLflow tracker of this pipeline execution; fails fast if the store is unusable."""
     from pipeline import tracking
@@ -100,13 +105,17 @@ def tracked_stage(cfg: PipelineConfig, stage: str, inputs: list[Path]) -> Iterat
 
     tracker = pipeline_tracker(cfg)
     tags = tracking.reproducibility_tags(ROOT)
-    tags |= tracking.input_hash_tags([p.relative_to(ROOT) for p in inputs if p.exists()])
+    tags |= tracking.input_hash_tags([_display_path(p) for p in inputs if p.exists()])
     tags["dvc.stage"] = stage
     with tracker.stage_run(stage, tags) as run:
         yield run
 
 
 def start(stage: str) -> PipelineConfig:
+    """Validate params.yaml and the tracking store: fail in seconds, before any work."""
+    from pipeline import tracking
+
     cfg = load_config(PARAMS)
+    tracking.check_tracking_available(tracking.resolve_tracking_uri(ROOT))
     console.log(f"stage [bold]{stage}[/]: parameters valid")
     return cfg

@@ -25,7 +25,7 @@ from stages.common import (
 def main() -> None:
     cfg = start("evaluate")
     e = cfg.evaluate
-    with tracked_stage(cfg, "evaluate", [PREPARED_DIR, COMPACT_DIR, ONNX_MODEL]) as run:
+    with tracked_stage(cfg, "evaluate", [PREPARED_DIR, COMPACT_DIR, ONNX_MODEL, DENSE_ONNX]) as run:
         data = load_prepared(PREPARED_DIR)
         spec, compact = load_compact(COMPACT_DIR)
         dense = build_model(dense_spec(spec.model, spec.input_shape, spec.num_classes))

@@ -17,16 +17,19 @@ from stages.common import (
 def main() -> None:
     cfg = start("prepare")
     d = cfg.data
-    with tracked_stage(cfg, "prepare", []) as run:
-        data = load_dataset(
-            d.dataset,
-            ROOT / d.root,
-            download=d.download,
-            image_size=d.image_size,
-            val_fraction=d.val_fraction,
-            test_fraction=d.test_fraction,
-            seed=cfg.seed,
-        )
+    root = ROOT / d.root
+    # Loading checks every folder and image: a bad data set fails before any run opens.
+    data = load_dataset(
+        d.dataset,
+        root,
+        download=d.download,
+        image_size=d.image_size,
+        val_fraction=d.val_fraction,
+        test_fraction=d.test_fraction,
+        seed=cfg.seed,
+    )
+    inputs = [] if d.dataset == "digits" else [root]  # digits ship inside scikit-learn
+    with tracked_stage(cfg, "prepare", inputs) as run:
         stats = describe(data)
         save_prepared(data, PREPARED_DIR)
         write_json(METRICS_DIR / "prepare.json", stats)

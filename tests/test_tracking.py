@@ -337,13 +337,19 @@ def test_reproducibility_tags(tmp_path):
 
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
     subprocess.run([*git, "init", "-q"], check=True)
-    (tmp_path / "f.txt").write_text("x")
-    subprocess.run([*git, "add", "f.txt"], check=True)
+    (tmp_path / "pipeline").mkdir()
+    (tmp_path / "pipeline" / "code.py").write_text("x = 1")
+    (tmp_path / "params.yaml").write_text("seed: 0")
+    subprocess.run([*git, "add", "."], check=True)
     subprocess.run([*git, "commit", "-qm", "init"], check=True)
     tags = reproducibility_tags(tmp_path)
     assert len(tags["git.commit"]) == 40
     assert tags["git.dirty"] == "false"
-    (tmp_path / "f.txt").write_text("y")
+    # parameters and DVC outputs change in every experiment: not "dirty" code
+    (tmp_path / "params.yaml").write_text("seed: 1")
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'")
+    assert reproducibility_tags(tmp_path)["git.dirty"] == "false"
+    (tmp_path / "pipeline" / "code.py").write_text("x = 2")
     assert reproducibility_tags(tmp_path)["git.dirty"] == "true"
 
 
