@@ -63,8 +63,8 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.3])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    p.add_argument("--search-epochs", type=float, default=20)
-    p.add_argument("--finetune-epochs", type=int, default=10)
+    p.add_argument("--search-epochs", type=int, default=12)
+    p.add_argument("--finetune-epochs", type=int, default=6)
     p.add_argument("--round-to", type=int, default=8)
     p.add_argument("--device", default="auto")
     p.add_argument("--results", default=str(ROOT / "benchmarks/results/compare_methods.json"))
@@ -74,7 +74,6 @@ def parse_args() -> argparse.Namespace:
 
 
 def config_for(args, method: str, budget: float, seed: int, jst_overrides: dict):
-    search_epochs = args.search_epochs if method == "jst" else int(round(args.search_epochs))
     return parse_config(
         {
             "seed": seed,
@@ -87,7 +86,7 @@ def config_for(args, method: str, budget: float, seed: int, jst_overrides: dict)
             "search": {
                 "method": method,
                 "target_flops": budget,
-                "epochs": search_epochs,
+                "epochs": args.search_epochs,
                 "lr": 0.1,
                 "round_to": args.round_to,
                 "jst": {"iterations": 12, "warmup_epochs": 2, **jst_overrides},

@@ -16,6 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pipeline.atomic import replace_dir
 from pipeline.errors import ArtifactError
 from pipeline.pruning.slicing import build_model
 from pipeline.pruning.spec import ArchSpec
@@ -36,18 +37,6 @@ def save_compact(directory: Path, spec: ArchSpec, model: nn.Module) -> None:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-
-
-def replace_dir(new: Path, target: Path) -> None:
-    """Move ``new`` onto ``target``; the old ``target`` is removed only afterwards."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        target.rename(old)
-    new.rename(target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def load_compact(directory: Path) -> tuple[ArchSpec, nn.Module]:

@@ -565,7 +565,7 @@ CODE_PATHS = ("pipeline", "stages", "dvc.yaml", "pyproject.toml", "uv.lock")
 
 def reproducibility_tags(repo_root: Path | str) -> dict[str, str]:
     """Tags that say which code and environment produced a run."""
-    commit = _git(repo_root, "rev-parse", "HEAD")
+    commit = git_commit(repo_root)
     # Dirty means uncommitted *code*: DVC's own outputs, dvc.lock and the params that
     # `dvc exp run -S` sets change in every run (and the params are logged in full).
     status = _git(repo_root, "status", "--porcelain", "--", *CODE_PATHS)
@@ -586,6 +586,11 @@ def reproducibility_tags(repo_root: Path | str) -> dict[str, str]:
         if os.environ.get(variable):
             tags[tag] = os.environ[variable]
     return tags
+
+
+def git_commit(repo_root: Path | str) -> str | None:
+    """HEAD's sha, or None outside a git repository."""
+    return _git(repo_root, "rev-parse", "HEAD")
 
 
 def _git(repo_root: Path | str, *args: str) -> str | None:

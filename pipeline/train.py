@@ -8,9 +8,7 @@ network slimming's L1 on BN gammas) and an ``on_epoch`` callback (metrics, plots
 from __future__ import annotations
 
 import math
-import os
 import random
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pipeline.atomic import torch_save_atomic
 from pipeline.config import TrainConfig
 from pipeline.data import Augment, BatchLoader, PreparedData, Split
 from pipeline.errors import PipelineError
@@ -202,21 +201,7 @@ def _save_checkpoint(path: Path, fingerprint, model, optimizer, scheduler, histo
         "scheduler": scheduler.state_dict(),
         "rng": torch.get_rng_state(),
     }
-    save_atomic(state, path)
-
-
-def save_atomic(obj, path: Path) -> None:
-    """``torch.save`` through a temporary file and a rename: never half a checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    torch_save_atomic(state, path)
 
 
 def _load_checkpoint(path: Path | None, fingerprint: str):

@@ -11,16 +11,15 @@ import csv
 import hashlib
 import io
 import json
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.atomic import write_text_atomic
 from pipeline.config import PipelineConfig, load_config
 from pipeline.errors import PipelineError
 from pipeline.progress import console
-from pipeline.pruning.spec import write_text_atomic
 
 ROOT = Path.cwd()
 PARAMS = ROOT / "params.yaml"
@@ -62,18 +61,11 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     write_text_atomic(path, buffer.getvalue())
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=ROOT
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def pipeline_key(cfg: PipelineConfig) -> str:
     """One pipeline execution = one set of parameters at one commit."""
-    text = cfg.model_dump_json() + git_commit()
+    from pipeline.tracking import git_commit
+
+    text = cfg.model_dump_json() + (git_commit(ROOT) or "unknown")
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -33,8 +33,9 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
     spec, model = _compact()
     save_compact(tmp_path / "m", spec, model)
     other = dict(spec.widths, stem=spec.widths["stem"] + 1)
-    (tmp_path / "m" / "arch.json").write_text(json.dumps(
-        ArchSpec(spec.model, spec.input_shape, spec.num_classes, other).to_dict()))
+    (tmp_path / "m" / "arch.json").write_text(
+        json.dumps(ArchSpec(spec.model, spec.input_shape, spec.num_classes, other).to_dict())
+    )
     with pytest.raises(ArtifactError, match="does not match"):
         load_compact(tmp_path / "m")
 

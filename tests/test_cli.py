@@ -8,8 +8,17 @@ from pipeline.cli import app
 from pipeline.pruning.slicing import build_model, dense_spec
 
 runner = CliRunner()
-COMMANDS = ["prepare", "search", "finetune", "export", "evaluate", "validate", "models",
-            "methods", "inspect"]
+COMMANDS = [
+    "prepare",
+    "search",
+    "finetune",
+    "export",
+    "evaluate",
+    "validate",
+    "models",
+    "methods",
+    "inspect",
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Literal
 
@@ -21,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from pipeline.atomic import replace_dir
 from pipeline.data.prepared import SPLIT_NAMES, PreparedData, Split
 from pipeline.errors import DataError
 
@@ -51,7 +51,7 @@ def save_prepared(data: PreparedData, directory: str | Path) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
         _write_files(data, staging)
-        _swap_in(staging, directory)
+        replace_dir(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -102,25 +102,6 @@ def _fsync(path: Path) -> None:
     """Flush a file to disk so the rename below never publishes unwritten data."""
     with path.open("rb") as file:
         os.fsync(file.fileno())
-
-
-def _swap_in(staging: Path, directory: Path) -> None:
-    """Replace ``directory`` by the complete ``staging`` folder.
-
-    POSIX cannot rename a folder over a non-empty one, so the old folder is first moved
-    aside. A crash between the two renames leaves no folder at all (which later stages
-    report as missing) rather than a half-written one.
-    """
-    if not directory.exists():
-        staging.rename(directory)
-        return
-    retired = directory.with_name(f".{directory.name}.old-{uuid.uuid4().hex[:8]}")
-    directory.rename(retired)
-    staging.rename(directory)
-    if retired.is_dir():
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        retired.unlink(missing_ok=True)
 
 
 def _read_meta(path: Path) -> _Meta:

@@ -27,7 +27,7 @@ def gated(
         for bn in layout.groups[name].bns:
 
             def hook(_module, _inputs, output, gate=gate):
-                return output * gate.to(output.dtype).view(1, -1, 1, 1)
+                return output * gate.to(output.device, output.dtype).view(1, -1, 1, 1)
 
             handles.append(model.get_submodule(bn).register_forward_hook(hook))
     try:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pipeline.atomic import torch_save_atomic
 from pipeline.data import Augment, BatchLoader, PreparedData, Split, stratified_split
 from pipeline.methods.base import (
     DenseSetup,
@@ -37,7 +38,6 @@ from pipeline.train import (
     endless,
     evaluate,
     make_optimizer,
-    save_atomic,
     train,
     train_steps,
 )
@@ -372,7 +372,7 @@ class JointSearch:
     def _save(self) -> None:
         if self.checkpoint is None:
             return
-        save_atomic(
+        torch_save_atomic(
             {
                 "fingerprint": self.fingerprint,
                 "next_iteration": self.next_iteration,
