@@ -226,12 +226,17 @@ def write_report(store: dict, path: Path) -> None:
         "# JST vs baselines\n\n"
         f"Data: `{setup.get('data')}` ({setup.get('image_size')} px), model {setup.get('arch')}, "
         f"{setup.get('search_epochs')} search + {setup.get('finetune_epochs')} fine-tuning epochs "
-        f"for every method, round_to={setup.get('round_to')}; machine: {store.get('machine')}.\n\n"
+        f"for every method, round_to={setup.get('round_to')}; machine: {describe(store)}.\n\n"
         "Command: `uv run python benchmarks/compare_methods.py` "
         "(results: `benchmarks/results/compare_methods.json`).\n\n"
         f"{text}\n\n![Pareto]({plot.name})\n"
     )
     print(text)
+
+
+def describe(store: dict) -> str:
+    m = store.get("machine", {})
+    return f"{m.get('device')}, {m.get('cpus')} CPU threads, torch {m.get('torch')}"
 
 
 def pareto_plot(rows: dict, path: Path) -> Path:
