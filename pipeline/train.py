@@ -46,15 +46,15 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def make_loader(data: PreparedData, settings: TrainConfig, seed: int, device, train: bool = True):
-    split = data.train if train else data.val
-    augment = Augment(settings.augment.crop_padding, settings.augment.hflip) if train else None
+def make_loader(data: PreparedData, settings: TrainConfig, seed: int, device) -> BatchLoader:
+    """Shuffled, augmented batches of the training split."""
+    augment = Augment(settings.augment.crop_padding, settings.augment.hflip)
     return BatchLoader(
-        split,
+        data.train,
         data.mean,
         data.std,
         batch_size=settings.batch_size,
-        shuffle=train,
+        shuffle=True,
         augment=augment,
         seed=seed,
         device=device,
