@@ -80,13 +80,15 @@ def _display_path(path: Path) -> Path:
 
 
 def pipeline_tracker(cfg: PipelineConfig):
-    """The MLflow tracker of this pipeline execution; fails fast if the store is unusable."""
+    """The MLflow tracker of this pipeline execution (``start`` has checked the store)."""
     from pipeline import tracking
 
-    uri = tracking.resolve_tracking_uri(ROOT)
-    tracking.check_tracking_available(uri)
     return tracking.PipelineTracker(
-        uri, cfg.tracking.experiment, pipeline_key(cfg), cfg.model_dump(), run_name(cfg)
+        tracking.resolve_tracking_uri(ROOT),
+        cfg.tracking.experiment,
+        pipeline_key(cfg),
+        cfg.model_dump(),
+        run_name(cfg),
     )
 
 

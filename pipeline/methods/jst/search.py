@@ -297,8 +297,6 @@ class JointSearch:
 
     def _gather(self, keep: Keep) -> nn.Module:
         """The sub-network at ``keep``, physically built, with the target's weights."""
-        full = {g: torch.arange(w) for g, w in self.setup.flops.dense_widths.items()}
-        keep = {**full, **keep}
         sub = build_model(spec_for_indices(self.setup.spec, keep)).to(self.device)
         slice_weights(self.setup.model, sub, self.setup.layout, keep)
         return sub
@@ -337,8 +335,7 @@ class JointSearch:
 
     def _update_target(self, sub: nn.Module, sub_alpha: Keep, keep: Keep) -> None:
         """Step 8: weights, BN statistics and alpha go back at the kept indices."""
-        full = {g: torch.arange(w) for g, w in self.setup.flops.dense_widths.items()}
-        scatter_weights(self.setup.model, sub, self.setup.layout, {**full, **keep})
+        scatter_weights(self.setup.model, sub, self.setup.layout, keep)
         for g in self.groups:
             self.alpha[g][keep[g]] = sub_alpha[g]
 
