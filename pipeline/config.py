@@ -8,10 +8,17 @@ touched. Errors name the parameter and say what is allowed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from pipeline.errors import ConfigError
 
@@ -19,7 +26,19 @@ DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and inf are never a sensible parameter; pydantic would let them past unbounded fields.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, value: Any, info: ValidationInfo) -> Any:
+        # YAML reads yes/no/on/off as booleans and pydantic would quietly take them as 1/0.
+        items = value if isinstance(value, list) else [value]
+        annotation = cls.model_fields[info.field_name].annotation
+        numeric = _mentions(annotation, (int, float)) and not _mentions(annotation, (bool,))
+        if numeric and any(isinstance(v, bool) for v in items):
+            raise ValueError("expected a number, not a boolean (true/false, yes/no, on/off)")
+        return value
 
 
 class DataConfig(_Section):
@@ -76,28 +95,28 @@ class JstConfig(_Section):
     to search.lr * ``lr_decay`` along a cosine."""
 
     iterations: int = Field(12, ge=1, le=100000)
-    warmup_epochs: float = Field(2.0, ge=0)
+    warmup_epochs: float = Field(2.0, ge=0, le=10000)
     epoch_decay: float = Field(0.5, gt=0, le=1)
     lr_decay: float = Field(0.1, gt=0, le=1)
     anneal_fraction: float = Field(0.5, ge=0, le=1)
     candidates: int = Field(4, ge=1, le=1024)
     perturbation: bool = True
-    sigma_start: float = Field(1.0, ge=0)
-    sigma_min: float = Field(0.05, ge=0)
+    sigma_start: float = Field(1.0, ge=0, le=100)
+    sigma_min: float = Field(0.05, ge=0, le=100)
     thresholding: bool = True
-    action_steps: list[float] = Field(
-        default_factory=lambda: [-2.0, -1.0, 0.0, 1.0, 2.0], min_length=2
+    action_steps: list[Annotated[float, Field(ge=-100, le=100)]] = Field(
+        default_factory=lambda: [-2.0, -1.0, 0.0, 1.0, 2.0], min_length=2, max_length=101
     )
     delta: float = Field(0.05, gt=0, le=1)
     tau_min: float = Field(0.05, gt=0, le=1)
     policy_lr: float = Field(0.01, gt=0, le=10)
-    budget_penalty: float = Field(2.0, ge=0)
+    budget_penalty: float = Field(2.0, ge=0, le=1000)
     alpha_lr: float = Field(0.2, gt=0, le=100)
-    alpha_steps: int = Field(20, ge=0)
-    polarisation: float = Field(0.01, ge=0)
+    alpha_steps: int = Field(20, ge=0, le=100000)
+    polarisation: float = Field(0.01, ge=0, le=100)
     val_fraction: float = Field(0.1, gt=0, lt=1)
-    score_batches: int = Field(2, ge=1)
-    recalibrate_batches: int = Field(2, ge=0)
+    score_batches: int = Field(2, ge=1, le=100000)
+    recalibrate_batches: int = Field(2, ge=0, le=100000)
 
     @field_validator("sigma_min")
     @classmethod
@@ -113,7 +132,7 @@ class SearchConfig(_Section):
     target_flops: float = 0.5
     epochs: int = Field(10, ge=0, le=10000)
     lr: float = Field(0.1, gt=0, le=10)
-    k_min: int = Field(1, ge=1)
+    k_min: int = Field(1, ge=1, le=4096)
     round_to: int = Field(1, ge=1, le=256)
     prune_residual: bool = True
     slimming: SlimmingConfig = SlimmingConfig()
@@ -145,22 +164,17 @@ class FinetuneConfig(_Section):
 
 class ExportConfig(_Section):
     opset: int = Field(18, ge=13, le=23)
-    tolerance: float = Field(1e-4, gt=0)
+    tolerance: float = Field(1e-4, gt=0, le=1)
 
 
 class EvaluateConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    batch_sizes: list[int] = Field(default_factory=lambda: [1, 64], min_length=1)
-    warmup: int = Field(10, ge=0)
-    repeats: int = Field(50, ge=1)
-    threads: int | None = Field(None, ge=1)
-
-    @field_validator("batch_sizes")
-    @classmethod
-    def _positive_batches(cls, v: list[int]) -> list[int]:
-        if any(b < 1 for b in v):
-            raise ValueError("every batch size must be >= 1")
-        return v
+    batch_sizes: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
+        default_factory=lambda: [1, 64], min_length=1, max_length=64
+    )
+    warmup: int = Field(10, ge=0, le=100000)
+    repeats: int = Field(50, ge=1, le=1000000)
+    threads: int | None = Field(None, ge=1, le=1024)
 
 
 class TrackingConfig(_Section):
@@ -204,7 +218,11 @@ def load_config(path: Path | str = "params.yaml") -> PipelineConfig:
     if not path.is_file():
         raise ConfigError(f"{path}: parameters file not found; run from the repository root.")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err}); save it as UTF-8.") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror or err}).") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     return parse_config(raw, str(path))
@@ -213,9 +231,29 @@ def load_config(path: Path | str = "params.yaml") -> PipelineConfig:
 def _describe(err: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid parameters:"]
     for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        field = ".".join(_key_name(p) for p in e["loc"]) or "(top level)"
         message = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
+        if e["type"] in ("extra_forbidden", "invalid_key"):  # invalid_key: not text
             message = "unknown parameter; remove it or check its spelling"
-        lines.append(f"  {field}: {message} (got {e.get('input')!r})")
+        elif e["type"] == "model_type":
+            message = "expected a section (a mapping of parameter: value)"
+        elif e["type"] == "int_parsing_size":
+            message = "expected an integer of sensible size; this number is far too large"
+        lines.append(f"  {field}: {message} (got {_short_repr(e.get('input'))})")
     return "\n".join(lines)
+
+
+def _key_name(key: Any) -> str:
+    """A key as written, or quoted where it is empty, padded or has control characters."""
+    plain = isinstance(key, int) or (isinstance(key, str) and key.isprintable() and key.strip())
+    return str(key) if plain and str(key) == str(key).strip() else repr(key)
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _mentions(annotation: Any, types: tuple[type, ...]) -> bool:
+    """Whether a field's type is, or contains (list[...], X | None), one of ``types``."""
+    return annotation in types or any(_mentions(a, types) for a in get_args(annotation))
