@@ -44,22 +44,32 @@ class ArchSpec:
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "architecture spec") -> ArchSpec:
-        fix = "regenerate it with `dvc repro` (the search stage writes it)"
+        """Parse and check a spec: exact keys, sane sizes, widths within the dense model's."""
         if not isinstance(data, dict):
-            raise ArtifactError(f"{source}: expected a JSON object; {fix}.")
-        missing = {"model", "input_shape", "num_classes", "widths"} - data.keys()
+            raise _invalid(source, "(top level)", f"expected a JSON object, got {_short(data)}")
+        unknown = sorted(set(data) - set(_KEYS), key=str)
+        if unknown:
+            raise _invalid(source, "keys", f"unknown {_short(unknown)}; expected {list(_KEYS)}")
+        missing = [key for key in _KEYS if key not in data]
         if missing:
-            raise ArtifactError(f"{source}: missing keys {sorted(missing)}; {fix}.")
-        shape, widths = data["input_shape"], data["widths"]
-        if not (isinstance(shape, list) and len(shape) == 3 and all(_pos_int(v) for v in shape)):
-            raise ArtifactError(f"{source}: input_shape must be [C, H, W] positive ints; {fix}.")
-        if not _pos_int(data["num_classes"]) or not isinstance(data["model"], str):
-            raise ArtifactError(f"{source}: bad model or num_classes; {fix}.")
-        if not isinstance(widths, dict) or not all(
-            isinstance(k, str) and _pos_int(v) for k, v in widths.items()
-        ):
-            raise ArtifactError(f"{source}: widths must map group names to positive ints; {fix}.")
-        return cls(data["model"], tuple(shape), data["num_classes"], dict(widths))
+            raise _invalid(source, "keys", f"missing {missing}")
+        if not (_is_int(data["spec_version"]) and data["spec_version"] == SPEC_VERSION):
+            raise _invalid(
+                source,
+                "spec_version",
+                f"expected {SPEC_VERSION}, got {_short(data['spec_version'])}",
+            )
+        model = _check_model(data["model"], source)
+        shape = _check_shape(data["input_shape"], source)
+        num_classes = data["num_classes"]
+        if not _in_range(num_classes, 1, MAX_CLASSES):
+            raise _invalid(
+                source,
+                "num_classes",
+                f"expected an integer in 1..{MAX_CLASSES}, got {_short(num_classes)}",
+            )
+        widths = _check_widths(data["widths"], model, shape, source)
+        return cls(model, shape, num_classes, widths)
 
     def save(self, path: Path) -> None:
         write_text_atomic(Path(path), json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
@@ -70,13 +80,90 @@ class ArchSpec:
         if not path.is_file():
             raise ArtifactError(f"{path}: architecture spec not found; run `dvc repro` first.")
         try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ArtifactError(
-                f"{path}: not valid JSON ({err}); regenerate it with `dvc repro`."
-            ) from None
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except (ValueError, RecursionError) as err:  # bad UTF-8 or JSON; absurd nesting
+            raise ArtifactError(f"{path}: not valid JSON ({str(err)[:120]}); {_FIX}.") from None
+        except OSError as err:
+            raise ArtifactError(f"{path}: cannot be read ({err.strerror or err}).") from None
         return cls.from_dict(data, str(path))
 
 
-def _pos_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+_KEYS = ("spec_version", "model", "input_shape", "num_classes", "widths")
+_FIX = "regenerate it with `dvc repro` (the search stage writes it)"
+# Generous bounds that keep a corrupted spec from building a model that fills the memory.
+MAX_CHANNELS = 64
+MAX_SIDE = 4096
+MAX_CLASSES = 100_000
+
+
+def _invalid(source: str, field: str, problem: str) -> ArtifactError:
+    return ArtifactError(f"{source}: {field}: {problem}; {_FIX}.")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _in_range(value: Any, low: int, high: int) -> bool:
+    return _is_int(value) and low <= value <= high
+
+
+def _check_model(model: Any, source: str) -> str:
+    from pipeline.models import available_models
+
+    if not isinstance(model, str) or model not in available_models():
+        raise _invalid(
+            source,
+            "model",
+            f"unknown model {_short(model)}; expected one of {', '.join(available_models())}",
+        )
+    return model
+
+
+def _check_shape(shape: Any, source: str) -> tuple[int, int, int]:
+    ok = isinstance(shape, list) and len(shape) == 3
+    if not (
+        ok
+        and _in_range(shape[0], 1, MAX_CHANNELS)
+        and all(_in_range(v, 1, MAX_SIDE) for v in shape[1:])
+    ):
+        raise _invalid(
+            source,
+            "input_shape",
+            f"expected [C, H, W] with C in 1..{MAX_CHANNELS} and H, W in 1..{MAX_SIDE}, "
+            f"got {_short(shape)}",
+        )
+    return (shape[0], shape[1], shape[2])
+
+
+def _check_widths(
+    widths: Any, model: str, shape: tuple[int, int, int], source: str
+) -> dict[str, int]:
+    from pipeline.models import create_model
+
+    if not isinstance(widths, dict):
+        raise _invalid(
+            source, "widths", f"expected an object of group: width, got {_short(widths)}"
+        )
+    # Group widths do not depend on the number of classes; one class keeps this cheap.
+    layout = create_model(model, num_classes=1, in_channels=shape[0], input_size=shape[1])
+    dense = layout.channel_layout().dense_widths()
+    unknown = sorted(set(widths) - set(dense))
+    if unknown:
+        raise _invalid(source, "widths", f"{model} has no channel group(s) {_short(unknown)}")
+    missing = sorted(set(dense) - set(widths))
+    if missing:
+        raise _invalid(source, "widths", f"missing groups {missing} of {model}")
+    for group, width in widths.items():
+        if not _in_range(width, 1, dense[group]):
+            raise _invalid(
+                source,
+                f"widths.{group}",
+                f"expected an integer in 1..{dense[group]} (the dense width), got {_short(width)}",
+            )
+    return dict(widths)
