@@ -76,12 +76,21 @@ class AugmentConfig(_Section):
 
 
 class TrainConfig(_Section):
+    """Training settings shared by every phase. The speed knobs (precision, memory_format,
+    compile, gpu_data_max_mb) default to what is fast on a CUDA GPU and change nothing on a
+    CPU under ``auto``, so CPU runs stay bit for bit as they were. Choices are words, not
+    on/off, because YAML reads a bare on/off as a boolean."""
+
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = Field(128, ge=1, le=65536)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0, lt=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     augment: AugmentConfig = AugmentConfig()
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
+    compile: bool = False
+    gpu_data_max_mb: int = Field(4096, ge=0, le=1_048_576)
 
 
 class SlimmingConfig(_Section):

@@ -7,9 +7,10 @@ network slimming's L1 on BN gammas) and an ``on_epoch`` callback (metrics, plots
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,43 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def autocast_dtype(settings: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``train.precision`` on ``device``, or None for plain fp32."""
+    if settings.precision == "fp32" or (settings.precision == "auto" and device.type != "cuda"):
+        return None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        if settings.precision == "auto":
+            return None
+        raise PipelineError(
+            "train.precision: bf16 was requested but this GPU has no bf16 support; "
+            "set train.precision: auto (or fp32)."
+        )
+    return torch.bfloat16  # on a CPU only when asked for: CPU autocast runs bf16 too
+
+
+def uses_channels_last(settings: TrainConfig, device: torch.device) -> bool:
+    """Whether ``train.memory_format`` puts batches in channels_last on ``device``."""
+    fmt = settings.memory_format
+    return fmt == "channels_last" or (fmt == "auto" and device.type == "cuda")
+
+
+def gpu_data_limit(settings: TrainConfig, device: torch.device) -> int | None:
+    """Largest split (bytes) kept on ``device``; None (no limit) off the GPU."""
+    return settings.gpu_data_max_mb * 2**20 if device.type == "cuda" else None
+
+
+@contextlib.contextmanager
+def fixed_shape_speedups(device: torch.device) -> Iterator[None]:
+    """cuDNN autotuning while the shapes stay fixed (dense training); restored afterwards,
+    because JST's sub-networks change shape every iteration and would re-tune each time."""
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = device.type == "cuda" or previous
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
+
+
 def make_loader(data: PreparedData, settings: TrainConfig, seed: int, device) -> BatchLoader:
     """Shuffled, augmented batches of the training split."""
     augment = Augment(settings.augment.crop_padding, settings.augment.hflip)
@@ -59,14 +97,28 @@ def make_loader(data: PreparedData, settings: TrainConfig, seed: int, device) ->
         seed=seed,
         device=device,
         drop_last=False,
+        max_resident_bytes=gpu_data_limit(settings, torch.device(device)),
     )
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, data: PreparedData, device, batch_size=512) -> dict:
+def evaluate(
+    model: nn.Module,
+    split: Split,
+    data: PreparedData,
+    device,
+    batch_size=512,
+    max_resident_bytes: int | None = None,
+) -> dict:
     """Mean cross-entropy and top-1 accuracy (a fraction) of ``model`` on ``split``."""
     loader = BatchLoader(
-        split, data.mean, data.std, batch_size=batch_size, shuffle=False, device=device
+        split,
+        data.mean,
+        data.std,
+        batch_size=batch_size,
+        shuffle=False,
+        device=device,
+        max_resident_bytes=max_resident_bytes,
     )
     model.eval()
     loss_sum, correct = 0.0, 0
@@ -108,29 +160,63 @@ def train_one_epoch(model, loader, optimizer, scheduler, settings, regularizer=N
 def train_steps(
     model, batches, steps: int, optimizer, settings, scheduler=None, regularizer=None
 ) -> dict:
-    """Run ``steps`` SGD steps on ``batches``; returns mean loss and accuracy."""
+    """Run ``steps`` SGD steps on ``batches``; returns mean loss and accuracy.
+
+    ``settings.precision`` and ``settings.memory_format`` apply here (no-ops on a CPU under
+    ``auto``). Running sums stay on the device; on a GPU the divergence check reads the
+    loss back only every few steps, since each read waits for the GPU to catch up.
+    """
     model.train()
-    loss_sum, correct, seen = 0.0, 0, 0
-    for _, (x, y) in zip(range(steps), batches, strict=False):
-        logits = model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=settings.label_smoothing)
-        if regularizer is not None:
-            loss = loss + regularizer(model)
-        if not torch.isfinite(loss):
-            lr = optimizer.param_groups[0]["lr"]
-            raise PipelineError(
-                f"training diverged: the loss became {loss.item()} at learning rate {lr:.4g}; "
-                "lower the learning rate (search.lr / finetune.lr)."
-            )
+    device = next(model.parameters()).device
+    dtype = autocast_dtype(settings, device)
+    channels_last = uses_channels_last(settings, device)
+    check_every = 1 if device.type == "cpu" else _GPU_CHECK_EVERY
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    seen = 0
+    for step, (x, y) in zip(range(steps), batches, strict=False):
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, dtype):
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=settings.label_smoothing)
+            if regularizer is not None:
+                loss = loss + regularizer(model)
+        nonfinite |= ~torch.isfinite(loss.detach())
+        if (step + 1) % check_every == 0 and nonfinite:
+            _diverged(loss, optimizer)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        loss_sum += loss.item() * len(y)
-        correct += int((logits.argmax(1) == y).sum())
+        loss_sum += loss.detach().double() * len(y)
+        correct += (logits.argmax(1) == y).sum()
         seen += len(y)
-    return {"train_loss": loss_sum / max(1, seen), "train_top1": correct / max(1, seen)}
+    if nonfinite:
+        _diverged(loss, optimizer)
+    return {
+        "train_loss": loss_sum.item() / max(1, seen),
+        "train_top1": int(correct) / max(1, seen),
+    }
+
+
+_GPU_CHECK_EVERY = 25  # steps between divergence checks on a GPU
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _diverged(loss: torch.Tensor, optimizer) -> None:
+    lr = optimizer.param_groups[0]["lr"]
+    raise PipelineError(
+        f"training diverged: the loss became {loss.item()} at learning rate {lr:.4g}; "
+        "lower the learning rate (search.lr / finetune.lr)."
+    )
 
 
 def endless(loader):
@@ -164,6 +250,8 @@ def train(
     """
     model.to(device)
     loader = make_loader(data, settings, seed, device)
+    # A compiled wrapper shares the parameters; state dicts and checkpoints use `model`.
+    step_model = torch.compile(model) if settings.compile else model
     optimizer = make_optimizer(model, lr, settings)
     scheduler = cosine_lr(optimizer, epochs * len(loader))
     history: list[dict] = []
@@ -176,12 +264,16 @@ def train(
         torch.set_rng_state(state["rng"])
         history, start = state["history"], state["epoch"]
         console.log(f"{desc}: resuming after epoch {start}/{epochs} from {checkpoint}")
-    with epoch_progress(desc, epochs, start) as advance:
+    limit = gpu_data_limit(settings, torch.device(device))
+    with fixed_shape_speedups(torch.device(device)), epoch_progress(desc, epochs, start) as advance:
         for epoch in range(start, epochs):
             loader.set_epoch(epoch)
             record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
-            record |= train_one_epoch(model, loader, optimizer, scheduler, settings, regularizer)
-            record |= {f"val_{k}": v for k, v in evaluate(model, data.val, data, device).items()}
+            record |= train_one_epoch(
+                step_model, loader, optimizer, scheduler, settings, regularizer
+            )
+            val = evaluate(model, data.val, data, device, max_resident_bytes=limit)
+            record |= {f"val_{k}": v for k, v in val.items()}
             history.append(record)
             if on_epoch is not None:
                 on_epoch(record)

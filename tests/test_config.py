@@ -20,6 +20,19 @@ def test_defaults_are_valid():
     assert parse_config({}).search.method in {"jst", "l1"}
 
 
+def test_speed_settings_default_to_auto_and_accept_their_words():
+    train = parse_config({}).train
+    assert (train.precision, train.memory_format, train.compile) == ("auto", "auto", False)
+    chosen = parse_config(
+        {"train": {"precision": "bf16", "memory_format": "channels_last", "compile": True}}
+    ).train
+    assert (chosen.precision, chosen.memory_format, chosen.compile) == (
+        "bf16",
+        "channels_last",
+        True,
+    )
+
+
 @pytest.mark.parametrize(
     ("raw", "field"),
     [
@@ -31,6 +44,12 @@ def test_defaults_are_valid():
         ({"data": {"val_fraction": 1.2}}, "data.val_fraction"),
         ({"train": {"batch_size": 0}}, "train.batch_size"),
         ({"train": {"device": "tpu"}}, "train.device"),
+        ({"train": {"precision": "fp16"}}, "train.precision"),
+        ({"train": {"precision": False}}, "train.precision"),  # YAML reads `off` as false
+        ({"train": {"memory_format": "nhwc"}}, "train.memory_format"),
+        ({"train": {"compile": "sometimes"}}, "train.compile"),
+        ({"train": {"gpu_data_max_mb": -1}}, "train.gpu_data_max_mb"),
+        ({"train": {"gpu_data_max_mb": True}}, "train.gpu_data_max_mb"),
         ({"search": {"epochs": "many"}}, "search.epochs"),
         ({"search": {"jst": {"sigma_start": 0.1, "sigma_min": 0.5}}}, "search.jst.sigma_min"),
         ({"search": {"jst": {"iterations": 0}}}, "search.jst.iterations"),

@@ -2,7 +2,10 @@
 
 The whole split sits on the device as uint8, so a batch is one index operation; the
 augmentation (random crop with zero padding, horizontal flip) and normalization then
-run on the whole batch at once, with no Python loop over samples.
+run on the whole batch at once, with no Python loop over samples and no worker process.
+A split larger than ``max_resident_bytes`` stays in host memory instead: each batch is
+gathered there (into pinned memory when the device is a GPU), copied without blocking,
+and augmented on the device exactly like a resident batch.
 
 Randomness is reproducible: epoch ``k`` of a loader seeded with ``s`` derives its
 shuffling and augmentation generators from ``(s, k)``, so epochs differ, reruns repeat,
@@ -13,6 +16,7 @@ are drawn on the CPU (they are tiny) so a run gives the same batches on CPU and 
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -92,12 +96,16 @@ class BatchLoader:
         seed: int = 0,
         device: str | torch.device = "cpu",
         drop_last: bool = False,
+        max_resident_bytes: int | None = None,
     ) -> None:
         if not _is_int_at_least(batch_size, 1):
             raise ConfigError(f"batch_size = {batch_size!r} is invalid; set a positive integer.")
         self.device = torch.device(device)
-        self.images = split.images.to(self.device)
-        self.labels = split.labels.to(self.device)
+        images = split.images
+        # None: always resident (a CPU loader's split is in host memory either way).
+        self.resident = max_resident_bytes is None or _nbytes(images) <= max_resident_bytes
+        self.images = on_device(images, self.device) if self.resident else images.cpu()
+        self.labels = on_device(split.labels, self.device)  # 8 bytes a sample: always resident
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device)
         self.batch_size = batch_size
@@ -129,18 +137,50 @@ class BatchLoader:
     def _batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order_generator, augment_generator = _epoch_generators(self.seed, epoch)
         order = self._order(order_generator)
+        device_order = order.to(self.device)  # one copy an epoch, not one a batch
         for batch in range(len(self)):
-            index = order[batch * self.batch_size : (batch + 1) * self.batch_size]
-            index = index.to(self.device)
-            images = self.images[index]
+            window = slice(batch * self.batch_size, (batch + 1) * self.batch_size)
+            images = self._gather(order[window], device_order[window])
             if self.augment is not None:
                 images = augment_batch(images, self.augment, augment_generator)
-            yield normalize(images, self.mean, self.std), self.labels[index]
+            yield normalize(images, self.mean, self.std), self.labels[device_order[window]]
+
+    def _gather(self, host_index: torch.Tensor, device_index: torch.Tensor) -> torch.Tensor:
+        """The batch's uint8 images on the device, gathered where the split lives."""
+        if self.resident:
+            return self.images[device_index]
+        pin = self.device.type == "cuda"  # pinned memory lets the copy run asynchronously
+        shape = (len(host_index), *self.images.shape[1:])
+        batch = torch.empty(shape, dtype=self.images.dtype, pin_memory=pin)
+        torch.index_select(self.images, 0, host_index, out=batch)
+        # The caching host allocator keeps `batch` alive until the copy has finished.
+        return batch.to(self.device, non_blocking=pin)
 
     def _order(self, generator: torch.Generator) -> torch.Tensor:
         if self.shuffle:
             return torch.randperm(self.num_samples, generator=generator)
         return torch.arange(self.num_samples)
+
+
+# Device copies of host tensors, so the many loaders of one split (every epoch's evaluation,
+# every JST iteration) upload it once. An entry lives as long as its host tensor.
+_device_copies: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+
+def on_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``, copied once per (tensor, device); splits are read-only."""
+    if tensor.device == device:
+        return tensor
+    key = (id(tensor), device)
+    copy = _device_copies.get(key)
+    if copy is None:
+        copy = _device_copies[key] = tensor.to(device)
+        weakref.finalize(tensor, _device_copies.pop, key, None)
+    return copy
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
 
 
 def _is_int_at_least(value: object, minimum: int) -> bool:

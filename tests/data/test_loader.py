@@ -1,10 +1,12 @@
 """BatchLoader and batch augmentation: coverage, determinism, crop and flip."""
 
+import gc
+
 import pytest
 import torch
 
 from pipeline.data import Augment, BatchLoader, Split, augment_batch, normalize
-from pipeline.data.loader import random_crop, random_hflip
+from pipeline.data.loader import _device_copies, on_device, random_crop, random_hflip
 from pipeline.errors import ConfigError
 
 MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
@@ -128,3 +130,54 @@ def test_invalid_settings_are_rejected():
         Augment(crop_padding=-1)
     with pytest.raises(ConfigError, match="batch_size"):
         BatchLoader(numbered_split(4), MEAN, STD, batch_size=0, shuffle=False)
+
+
+# ------------------------------------------------------- resident vs streamed batches
+
+
+def test_streamed_batches_equal_resident_batches():
+    """A split too large for the device streams from host memory, batch by batch; the
+    batches (order, crops, flips) are exactly those of the resident split, same seed."""
+    split = Split(textured_batch(count=45, size=8), torch.arange(45, dtype=torch.int64) % 7)
+    settings = dict(batch_size=8, shuffle=True, augment=Augment(2, True), seed=3)
+    resident = BatchLoader(split, MEAN, STD, **settings)
+    streamed = BatchLoader(split, MEAN, STD, **settings, max_resident_bytes=0)
+    assert resident.resident and not streamed.resident
+    for _ in range(2):  # epochs draw fresh crops and flips
+        pairs = list(zip(collect(resident), collect(streamed), strict=True))
+        assert len(pairs) == 6
+        for (x, y), (x_streamed, y_streamed) in pairs:
+            assert torch.equal(x, x_streamed) and torch.equal(y, y_streamed)
+
+
+def test_resident_limit_is_in_bytes_of_the_uint8_split():
+    split = numbered_split(10, size=4)  # 10 x 3 x 4 x 4 bytes
+    nbytes = split.images.numel()
+    at_limit = BatchLoader(split, MEAN, STD, batch_size=4, shuffle=False, max_resident_bytes=nbytes)
+    over = BatchLoader(split, MEAN, STD, batch_size=4, shuffle=False, max_resident_bytes=nbytes - 1)
+    assert at_limit.resident and not over.resident
+
+
+def test_augmentation_draws_only_from_its_cpu_generator():
+    """Crops and flips come from the loader's CPU generator alone (never a device's or the
+    global generator), which is what makes GPU batches equal CPU batches."""
+    images = textured_batch(count=12)
+    global_state = torch.get_rng_state()
+    first = augment_batch(images, Augment(3, True), torch.Generator().manual_seed(5))
+    torch.manual_seed(123)  # a different global state must not matter
+    again = augment_batch(images, Augment(3, True), torch.Generator().manual_seed(5))
+    assert torch.equal(first, again)
+    torch.set_rng_state(global_state)
+
+
+def test_device_copies_are_made_once_and_dropped_with_their_tensor():
+    tensor = torch.arange(6)
+    meta = torch.device("meta")  # a real device transfer target that needs no GPU
+    copy = on_device(tensor, meta)
+    assert copy.device == meta and on_device(tensor, meta) is copy
+    assert on_device(tensor, torch.device("cpu")) is tensor
+    key = (id(tensor), meta)
+    assert key in _device_copies
+    del tensor, copy
+    gc.collect()
+    assert key not in _device_copies

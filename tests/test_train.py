@@ -1,0 +1,96 @@
+"""The training step's speed settings: no-ops on a CPU under auto, applied where asked."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline.config import parse_config
+from pipeline.errors import PipelineError
+from pipeline.train import (
+    autocast_dtype,
+    gpu_data_limit,
+    make_optimizer,
+    train_steps,
+    uses_channels_last,
+)
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")  # a device object needs no GPU
+
+
+def settings(**train):
+    return parse_config({"train": train}).train
+
+
+def tiny_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    )
+
+
+def batches(count: int = 3):
+    gen = torch.Generator().manual_seed(1)
+    return [
+        (torch.randn(6, 3, 8, 8, generator=gen), torch.randint(0, 4, (6,), generator=gen))
+        for _ in range(count)
+    ]
+
+
+def run_steps(train_settings, net=None):
+    net = net or tiny_net()
+    optimizer = make_optimizer(net, 0.1, train_settings)
+    stats = train_steps(net, iter(batches()), 3, optimizer, train_settings)
+    return net, stats
+
+
+def test_auto_is_plain_fp32_contiguous_on_cpu_and_fast_on_cuda():
+    auto = settings()
+    assert autocast_dtype(auto, CPU) is None
+    assert not uses_channels_last(auto, CPU)
+    assert gpu_data_limit(auto, CPU) is None
+    assert uses_channels_last(auto, CUDA)
+    assert gpu_data_limit(settings(gpu_data_max_mb=3), CUDA) == 3 * 2**20
+    assert autocast_dtype(settings(precision="fp32"), CUDA) is None
+
+
+def test_auto_leaves_cpu_training_bit_for_bit_unchanged():
+    auto_net, auto_stats = run_steps(settings())
+    plain_net, plain_stats = run_steps(settings(precision="fp32", memory_format="contiguous"))
+    assert auto_stats == plain_stats
+    for auto_param, plain_param in zip(auto_net.parameters(), plain_net.parameters(), strict=True):
+        assert torch.equal(auto_param, plain_param)
+
+
+def test_requested_bf16_and_channels_last_apply_on_cpu_too():
+    net = tiny_net()
+    seen = {}
+
+    def record(module, inputs, output):
+        seen["input_channels_last"] = inputs[0].is_contiguous(memory_format=torch.channels_last)
+        seen["output_dtype"] = output.dtype
+
+    net[0].register_forward_hook(record)
+    run_steps(settings(precision="fp32", memory_format="contiguous"), net)
+    assert seen == {"input_channels_last": False, "output_dtype": torch.float32}
+    _, stats = run_steps(settings(precision="bf16", memory_format="channels_last"), net)
+    assert seen == {"input_channels_last": True, "output_dtype": torch.bfloat16}
+    assert all(param.dtype == torch.float32 for param in net.parameters())  # autocast only
+    assert math.isfinite(stats["train_loss"])
+
+
+def test_divergence_stops_before_the_bad_step_on_cpu():
+    net = tiny_net()
+    before = [p.clone() for p in net.parameters()]
+    x, y = batches(1)[0]
+    x[0, 0, 0, 0] = float("nan")
+    optimizer = make_optimizer(net, 0.1, settings())
+    with pytest.raises(PipelineError, match="diverged"):
+        train_steps(net, iter([(x, y)]), 1, optimizer, settings())
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
