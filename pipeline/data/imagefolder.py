@@ -25,8 +25,11 @@ from pipeline.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _LAYOUT_HINT = "expected data.root/<class>/*.png|jpg|jpeg, or train/ plus val/ or test/"
-# Errors PIL raises for files it cannot identify, truncated data or absurd dimensions.
-_PIL_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+# PIL picks a decoder by content, not suffix: only its PNG and JPEG decoders may read a user's
+# file (a TIFF or DDS named .png is refused). On malformed data decoders raise OSError,
+# ValueError, SyntaxError, NotImplementedError, struct.error...: any of them means "unreadable".
+_FORMATS = ("PNG", "JPEG")
+_PIL_ERRORS = Exception
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,7 @@ def read_images(paths: Sequence[Path], image_size: int | None) -> torch.Tensor:
 
 def _header_size(path: Path) -> tuple[int, int]:
     try:
-        with Image.open(path) as image:
+        with Image.open(path, formats=_FORMATS) as image:
             return image.size
     except _PIL_ERRORS as error:
         raise _unreadable(path, error) from error
@@ -153,7 +156,7 @@ def _header_size(path: Path) -> tuple[int, int]:
 
 def _decode(path: Path, image_size: int | None) -> np.ndarray:
     try:
-        with Image.open(path) as image:
+        with Image.open(path, formats=_FORMATS) as image:
             rgb = image.convert("RGB")
     except _PIL_ERRORS as error:
         raise _unreadable(path, error) from error
@@ -165,6 +168,6 @@ def _decode(path: Path, image_size: int | None) -> np.ndarray:
 
 def _unreadable(path: Path, error: Exception) -> DataError:
     return DataError(
-        f"Cannot read image '{path}' ({error}); the file is corrupt or not an image. "
+        f"Cannot read image '{path}' ({error}); the file is corrupt or not a PNG/JPEG image. "
         f"Replace or delete it."
     )
