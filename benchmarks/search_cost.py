@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.config import parse_config
-from pipeline.data import load_dataset
+from pipeline.config import PipelineConfig, parse_config
+from pipeline.data import PreparedData, load_dataset
 from pipeline.methods import SearchContext, get_method
 from pipeline.models import create_model
 from pipeline.train import resolve_device, seed_everything, train
@@ -50,41 +50,10 @@ def main() -> None:
         test_fraction=0.2,
         seed=0,
     )
-    cfg = parse_config(
-        {
-            "model": {"arch": args.arch},
-            "train": {"device": args.device, "batch_size": 128},
-            "search": {
-                "method": "jst",
-                "target_flops": args.target,
-                "epochs": args.epochs,
-                "round_to": 8,
-                "jst": {"iterations": 6, "warmup_epochs": 1},
-            },
-        }
-    )
+    cfg = search_config(args.arch, args.target, args.epochs, {"device": args.device})
     device = resolve_device(cfg.train.device)
-    c, h, _ = data.input_shape
-
-    seed_everything(0)
-    dense = create_model(args.arch, num_classes=data.num_classes, in_channels=c, input_size=h)
-    start = time.perf_counter()
-    train(
-        dense,
-        data,
-        epochs=args.dense_epochs,
-        lr=0.1,
-        settings=cfg.train,
-        seed=0,
-        device=device,
-        desc="dense",
-    )
-    dense_epoch_s = (time.perf_counter() - start) / args.dense_epochs
-
-    seed_everything(0)
-    start = time.perf_counter()
-    get_method("jst")(SearchContext(cfg, data, device))
-    jst_epoch_s = (time.perf_counter() - start) / args.epochs
+    dense_epoch_s = dense_epoch_seconds(data, cfg, device, args.dense_epochs)
+    jst_epoch_s = jst_epoch_seconds(data, cfg, device)
 
     record = {
         "dataset": args.dataset,
@@ -104,6 +73,50 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
+
+
+def search_config(
+    arch: str,
+    target: float,
+    epochs: float,
+    train: dict,
+    iterations: int = 6,
+    warmup_epochs: float = 1,
+) -> PipelineConfig:
+    """A JST search of ``epochs`` training epochs; ``train`` overrides the train section."""
+    return parse_config(
+        {
+            "model": {"arch": arch},
+            "train": {"batch_size": 128} | train,
+            "search": {
+                "method": "jst",
+                "target_flops": target,
+                "epochs": epochs,
+                "round_to": 8,
+                "jst": {"iterations": iterations, "warmup_epochs": warmup_epochs},
+            },
+        }
+    )
+
+
+def dense_epoch_seconds(data: PreparedData, cfg: PipelineConfig, device, epochs: int) -> float:
+    """Wall time per epoch of dense training (with its per-epoch validation)."""
+    c, h, _ = data.input_shape
+    seed_everything(0)
+    dense = create_model(cfg.model.arch, num_classes=data.num_classes, in_channels=c, input_size=h)
+    start = time.perf_counter()
+    train(
+        dense, data, epochs=epochs, lr=0.1, settings=cfg.train, seed=0, device=device, desc="dense"
+    )
+    return (time.perf_counter() - start) / epochs
+
+
+def jst_epoch_seconds(data: PreparedData, cfg: PipelineConfig, device) -> float:
+    """Wall time of the whole JST search (the real method) per ``search.epochs``."""
+    seed_everything(0)
+    start = time.perf_counter()
+    get_method("jst")(SearchContext(cfg, data, device))
+    return (time.perf_counter() - start) / cfg.search.epochs
 
 
 if __name__ == "__main__":
