@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from rich.text import Text
+
 from pipeline.atomic import write_text_atomic
 from pipeline.config import PipelineConfig, load_config
 from pipeline.errors import PipelineError
@@ -39,7 +41,9 @@ def run_stage(main: Callable[[], None]) -> None:
         main()
     except PipelineError as err:
         # soft_wrap: not re-wrapped at 80 columns in logs, so the message stays greppable.
-        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        # Text, not markup: the message quotes user input ("[/]" in a key would be markup).
+        message = Text.assemble(("error:", "bold red"), " ", str(err))
+        console.print(message, highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         console.print("[bold red]interrupted[/]")

@@ -21,12 +21,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from pipeline.artifacts import save_compact
 from pipeline.data import save_prepared
+from pipeline.errors import PipelineError
+from pipeline.progress import console
 from pipeline.pruning.slicing import build_model, dense_spec
 from pipeline.pruning.spec import ArchSpec
+from stages.common import run_stage
 from tests.conftest import synthetic_data
 from tests.e2e.e2e_repo import PROJECT_ROOT, subprocess_env
 
@@ -137,6 +142,7 @@ def _cases(tmp: Path) -> list[Case]:
         Case("list-item", "stages.prepare", ["evaluate.batch_sizes.1", "integer"]),
         Case("huge", "stages.finetune", ["search.jst.iterations", "less than"]),
         Case("unknown-key", "stages.export", ["search.jst.deltaa", "unknown parameter"]),
+        Case("markup-key", "stages.prepare", ["data.[/]root", "unknown parameter"]),
         Case("section-type", "stages.evaluate", ["train.augment", "section"]),
         Case("not-utf8", "stages.prepare", ["params.yaml", "UTF-8"]),
         Case("truncated-png", "stages.prepare", ["dog/3.png", "Cannot read image"]),
@@ -156,6 +162,7 @@ def _cases(tmp: Path) -> list[Case]:
     _params(by_name["list-item"], **{"evaluate.batch_sizes": [1, "many"]})
     _params(by_name["huge"], **{"search.jst.iterations": 10**15})
     _params(by_name["unknown-key"], **{"search.jst.deltaa": 0.1})
+    _params(by_name["markup-key"], **{"data.[/]root": "[bold]data"})  # rich markup, printed
     _params(by_name["section-type"], **{"train.augment": [1, 2]})
     text = (by_name["not-utf8"] / "params.yaml").read_bytes()
     (by_name["not-utf8"] / "params.yaml").write_bytes(text.replace(b"seed: 0", b"seed: \xff0"))
@@ -218,6 +225,7 @@ CASE_NAMES = [
     "list-item",
     "huge",
     "unknown-key",
+    "markup-key",
     "section-type",
     "not-utf8",
     "truncated-png",
@@ -239,3 +247,18 @@ def test_bad_input_exits_non_zero_with_one_clear_message(outcomes, name):
     for name_ in case.names:
         assert name_ in flat, f"{name_!r} not named. {report}"
     assert _snapshot(case.cwd) == case.before, f"files changed. {report}"
+
+
+@settings(derandomize=True, deadline=None, max_examples=100)
+@given(st.one_of(st.text(), st.text(alphabet="[]/\\bold red=@#: ", max_size=24)))
+def test_run_stage_prints_any_error_message_as_is(message):
+    """Messages quote user input (keys, values, paths): never parsed as rich markup."""
+
+    def main() -> None:
+        raise PipelineError(message)
+
+    with console.capture() as captured, pytest.raises(SystemExit) as exit_:
+        run_stage(main)
+    assert exit_.value.code == 1
+    if message.isprintable():
+        assert message in captured.get()
