@@ -1,14 +1,16 @@
-"""Property-based: a corrupted file in an image-folder data set is refused by name.
+"""Property-based: a corrupted image file in a data set is refused by name.
 
-One file of a small real PNG/JPEG folder is truncated, emptied, overwritten with junk or
-text, or has random bytes changed. Loading then either still works (JPEG tolerates some
-flipped bytes, and so may a PNG where a change hits no checked data) or fails with one
-DataError that names that file: never another exception, never another file.
+One file of a small real PNG/JPEG folder (or of a CIFAR-10 python tree) is truncated,
+emptied, overwritten with junk or text, or has random bytes changed. Loading then either
+still works (JPEG tolerates some flipped bytes, and so may a PNG or a CIFAR batch where a
+change hits no checked data) or fails with one DataError that names that file: never
+another exception, never another file.
 """
 
 from __future__ import annotations
 
 import io
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from pipeline.data import load_dataset
+from pipeline.data.cifar import load_cifar
 from pipeline.errors import DataError
 
 FUZZ = settings(
@@ -37,12 +40,19 @@ def _encode(pixels: np.ndarray, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
+class Originals(dict):
+    """path -> original bytes; a short repr keeps hypothesis' failure reports readable."""
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} files under {next(iter(self)).parents[1]}>"
+
+
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory) -> dict[Path, bytes]:
     """root/<class>/<i>.png|jpg of random 12x12 RGB pixels; returns path -> original bytes."""
     root = tmp_path_factory.mktemp("images")
     rng = np.random.default_rng(0)
-    files = {}
+    files = Originals()
     for name in CLASSES:
         (root / name).mkdir()
         for i in range(PER_CLASS):
@@ -68,7 +78,8 @@ def corruption(draw, original: bytes) -> tuple[bytes, bool]:
     """Corrupted bytes, and whether they must be refused."""
     kinds = ["truncate", "empty", "junk", "text", "flip", "header", "foreign"]
     kind = draw(st.sampled_from(kinds))
-    if kind == "foreign":  # another format behind a .png/.jpg name: only PNG/JPEG are read
+    foreign = kind == "foreign"
+    if foreign:  # another format behind a .png/.jpg name: only PNG/JPEG are read
         original = _foreign(draw(st.sampled_from(FOREIGN_FORMATS)))
         kind = draw(st.sampled_from(["intact", "flip"]))
         if kind == "intact":
@@ -87,7 +98,7 @@ def corruption(draw, original: bytes) -> tuple[bytes, bool]:
     data = bytearray(original)
     for _ in range(draw(st.integers(1, 6))):
         data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
-    return bytes(data), original[:4] not in (b"\x89PNG", b"\xff\xd8\xff\xe0")
+    return bytes(data), foreign
 
 
 def test_the_intact_folder_loads(image_folder):
@@ -142,3 +153,37 @@ def test_an_exotic_decoder_is_never_reached(image_folder):
         assert str(path) in str(error.value)
     finally:
         path.write_bytes(image_folder[path])
+
+
+@pytest.fixture(scope="module")
+def cifar_tree(tmp_path_factory) -> dict[Path, bytes]:
+    """A CIFAR-10 python tree (3 images per class and batch); path -> original bytes."""
+    folder = tmp_path_factory.mktemp("cifar") / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    labels = list(range(10)) * 3
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (len(labels), 3072), dtype=np.uint8)
+        batch = {"batch_label": name, "labels": labels, "data": data}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    meta = {"label_names": [f"class{i}" for i in range(10)]}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return Originals((path, path.read_bytes()) for path in sorted(folder.iterdir()))
+
+
+@settings(FUZZ, max_examples=50)
+@given(st.data())
+def test_a_corrupted_cifar_batch_is_refused_by_name(cifar_tree, data):
+    """The batches are pickles: read by a numpy-only unpickler whose every failure
+    (TypeError, LookupError, OverflowError, MemoryError...) must become a DataError."""
+    path = data.draw(st.sampled_from(sorted(cifar_tree)), label="file")
+    content, hopeless = data.draw(corruption(cifar_tree[path]), label="corruption")
+    path.write_bytes(content)
+    try:
+        load_cifar("cifar10", path.parents[1], download=False)
+    except DataError as error:
+        assert str(path) in str(error), str(error)
+    else:
+        assert not hopeless, f"{path} ({content[:16]!r}...) was accepted"
+    finally:
+        path.write_bytes(cifar_tree[path])

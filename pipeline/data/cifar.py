@@ -184,8 +184,10 @@ def _unpickle(path: Path) -> dict:
         with path.open("rb") as file:
             # latin1 decodes the Python 2 strings of the official files, as torchvision does.
             content = _NumpyOnlyUnpickler(file, encoding="latin1").load()
-    except (OSError, EOFError, ValueError, pickle.UnpicklingError) as error:
-        raise _corrupt(path, str(error)) from error
+    except Exception as error:
+        # Corrupted opcodes fail in many ways (UnpicklingError, TypeError, LookupError,
+        # OverflowError, MemoryError on an absurd length...): all mean a damaged file.
+        raise _corrupt(path, f"{type(error).__name__}: {str(error)[:200]}") from error
     if not isinstance(content, dict):
         raise _corrupt(path, "it does not hold a dictionary")
     return content
@@ -223,7 +225,10 @@ def _read_batch(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     if not is_pixel_rows:
         raise _corrupt(path, f"'data' is not a uint8 array of rows of {pixels} pixels")
     # CIFAR-10 stores "labels"; CIFAR-100 stores "fine_labels" (and "coarse_labels").
-    labels = np.asarray(batch.get("labels", batch.get("fine_labels", [])))
+    try:
+        labels = np.asarray(batch.get("labels", batch.get("fine_labels", [])))
+    except (ValueError, TypeError) as error:  # ragged or odd objects
+        raise _corrupt(path, f"unreadable labels ({error})") from error
     if labels.shape != (len(data),) or labels.dtype.kind not in "iu":
         raise _corrupt(path, f"it does not hold one integer label per image ({len(data)})")
     if labels.size and not (labels.min() >= 0 and labels.max() < num_classes):
