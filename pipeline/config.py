@@ -56,6 +56,14 @@ class DataConfig(_Section):
             raise ValueError(f"unknown data set {v!r}; choose one of {', '.join(DATASETS)}")
         return v
 
+    @field_validator("root")
+    @classmethod
+    def _usable_path(cls, v: str) -> str:
+        # The OS refuses these with errors that would otherwise surface mid-stage.
+        if "\x00" in v or any(len(part.encode()) > 255 for part in Path(v).parts):
+            raise ValueError("must be a folder path without NUL characters or names over 255 bytes")
+        return v
+
 
 class ModelConfig(_Section):
     arch: str = "resnet20"

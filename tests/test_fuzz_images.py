@@ -187,3 +187,9 @@ def test_a_corrupted_cifar_batch_is_refused_by_name(cifar_tree, data):
         assert not hopeless, f"{path} ({content[:16]!r}...) was accepted"
     finally:
         path.write_bytes(cifar_tree[path])
+
+
+def test_a_root_the_os_refuses_is_a_data_error(tmp_path):
+    root = tmp_path / ("r" * 300)  # longer than a file name may be
+    with pytest.raises(DataError, match="data.root"):
+        _load(root, 8)

@@ -297,3 +297,10 @@ def test_corrupted_params_file_is_accepted_or_named(tmp_path_factory, edits, cut
         load_config(path)
     except ConfigError as error:
         assert str(error).startswith(str(path)), str(error)
+
+
+@pytest.mark.parametrize("root", ["data/\x00raw", "data/" + "r" * 256])
+def test_a_data_root_the_os_refuses_is_named(root):
+    with pytest.raises(ConfigError) as error:
+        parse_config(_with_value(("data", "root"), root))
+    assert_names_only(error.value, "data.root")

@@ -58,7 +58,11 @@ class FolderScan:
 
 def scan_image_folder(root: Path) -> FolderScan:
     """List the classes and image files under ``root`` (either layout)."""
-    if not root.is_dir():
+    try:
+        is_folder = root.is_dir()
+    except OSError as error:  # e.g. a name longer than the file system allows
+        raise DataError(f"data.root '{root}' cannot be used ({error.strerror}).") from error
+    if not is_folder:
         raise DataError(f"data.root '{root}' does not exist or is not a folder; {_LAYOUT_HINT}.")
     holdouts = [name for name in ("val", "test") if (root / name).is_dir()]
     if not ((root / "train").is_dir() and holdouts):
@@ -76,7 +80,7 @@ def scan_image_folder(root: Path) -> FolderScan:
 def _class_folders(directory: Path) -> list[str]:
     classes = sorted(
         entry.name
-        for entry in directory.iterdir()
+        for entry in _entries(directory)
         if entry.is_dir() and not entry.name.startswith(".")
     )
     if not classes:
@@ -104,7 +108,7 @@ def _list_images(directory: Path, classes: Sequence[str]) -> ImageFiles:
 def _image_files(folder: Path) -> list[Path]:
     files = sorted(
         entry
-        for entry in folder.iterdir()
+        for entry in _entries(folder)
         if entry.is_file()
         and not entry.name.startswith(".")
         and entry.suffix.lower() in IMAGE_SUFFIXES
@@ -115,6 +119,13 @@ def _image_files(folder: Path) -> list[Path]:
             f"or remove the folder."
         )
     return files
+
+
+def _entries(directory: Path) -> list[Path]:
+    try:
+        return list(directory.iterdir())
+    except OSError as error:  # permissions, a name too long, a folder gone meanwhile
+        raise DataError(f"Cannot list '{directory}' ({error.strerror or error}).") from error
 
 
 def check_images(paths: Sequence[Path], image_size: int | None) -> None:
