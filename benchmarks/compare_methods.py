@@ -53,7 +53,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--dataset", default="imagefolder")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--arch", default="resnet20")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS))
     p.add_argument(
         "--ablation-budgets",
         nargs="+",
@@ -70,7 +70,22 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--results", default=str(ROOT / "benchmarks/results/compare_methods.json"))
     p.add_argument("--report", default=str(ROOT / "docs/comparison.md"))
     p.add_argument("--report-only", action="store_true")
-    return p.parse_args()
+    p.add_argument(
+        "--jst-variant",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "JSON"),
+        help="an extra JST variant to run: its name and search.jst overrides as JSON, e.g.\n"
+        "--jst-variant few-gate-steps '{\"alpha_steps\": 5}' --variants few-gate-steps",
+    )
+    args = p.parse_args()
+    for name, overrides in args.jst_variant:
+        VARIANTS[name] = ("jst", json.loads(overrides))
+    unknown = sorted(set(args.variants) - set(VARIANTS))
+    if unknown:
+        p.error(f"unknown --variants {unknown}; define them with --jst-variant NAME JSON")
+    return args
 
 
 def config_for(args, method: str, budget: float, seed: int, jst_overrides: dict):
@@ -158,7 +173,8 @@ def run_one(args, variant: str, budget: float, seed: int) -> dict:
 def planned_runs(args):
     for budget in args.budgets:
         for variant in args.variants:
-            if variant.startswith("jst-") and budget not in args.ablation_budgets:
+            ablation = variant != "jst" and VARIANTS[variant][0] == "jst"
+            if ablation and budget not in args.ablation_budgets:
                 continue
             for seed in args.seeds:
                 yield variant, budget, seed
@@ -207,7 +223,7 @@ def write_report(store: dict, path: Path) -> None:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for (budget, variant), runs in sorted(
-        rows.items(), key=lambda kv: (-kv[0][0], order.index(kv[0][1]))
+        rows.items(), key=lambda kv: (-kv[0][0], _rank(order, kv[0][1]))
     ):
         top1, std = _mean_std([r["test_top1"] for r in runs])
         val, _ = _mean_std([r["val_top1"] for r in runs])
@@ -234,6 +250,11 @@ def write_report(store: dict, path: Path) -> None:
     print(text)
 
 
+def _rank(order: list[str], variant: str) -> tuple[int, str]:
+    """Known variants in their declared order, then any others by name."""
+    return (order.index(variant), "") if variant in order else (len(order), variant)
+
+
 def describe(store: dict) -> str:
     m = store.get("machine", {})
     return f"{m.get('device')}, {m.get('cpus')} CPU threads, torch {m.get('torch')}"
@@ -247,7 +268,7 @@ def pareto_plot(rows: dict, path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for variant in VARIANTS:
-        points = sorted((b, [r for r in runs]) for (b, v), runs in rows.items() if v == variant)
+        points = sorted((b, runs) for (b, v), runs in rows.items() if v == variant)
         if not points:
             continue
         xs = [statistics.fmean(r["flops_ratio"] for r in runs) for _, runs in points]
