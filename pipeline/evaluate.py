@@ -13,6 +13,7 @@ import logging
 import os
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -139,13 +140,27 @@ def measure_latency(
     result = {}
     for batch in batch_sizes:
         x = rng.standard_normal((batch, *input_shape), dtype=np.float32)
-        feeds = {name: {s.get_inputs()[0].name: x} for name, s in sessions.items()}
-        for _ in range(warmup):
-            for name, session in sessions.items():
-                session.run(None, feeds[name])
-        times = _interleaved_times(sessions, feeds, repeats)
-        result[f"batch_{batch}"] = {name: _summary(ms) for name, ms in times.items()}
+        runners = {name: _runner(session, x) for name, session in sessions.items()}
+        result[f"batch_{batch}"] = time_interleaved(runners, warmup=warmup, repeats=repeats)
     return result
+
+
+def time_interleaved(
+    runners: dict[str, Callable[[], object]], *, warmup: int, repeats: int
+) -> dict[str, dict[str, float]]:
+    """Time argument-free callables, interleaved; ``{name: {"median_ms", ...}}``.
+
+    Each repeat calls every runner once, the starting one rotating, so that load spikes
+    and clock changes hit all of them alike. Any backend can be timed this way (an ONNX
+    Runtime session, a PyTorch module); a GPU runner must synchronize before it returns.
+    """
+    if not runners or warmup < 0 or repeats < 1:
+        raise ValueError("need at least one runner, warmup >= 0 and repeats >= 1")
+    for _ in range(warmup):
+        for run in runners.values():
+            run()
+    times = _interleaved_times(runners, repeats)
+    return {name: _summary(ms) for name, ms in times.items()}
 
 
 def speedup(dense_ms: float, compact_ms: float) -> float:
@@ -153,16 +168,21 @@ def speedup(dense_ms: float, compact_ms: float) -> float:
     return dense_ms / compact_ms
 
 
+def _runner(session: ort.InferenceSession, x: np.ndarray) -> Callable[[], object]:
+    feed = {session.get_inputs()[0].name: x}
+    return lambda: session.run(None, feed)
+
+
 def _interleaved_times(
-    sessions: dict[str, ort.InferenceSession], feeds: dict[str, dict], repeats: int
+    runners: dict[str, Callable[[], object]], repeats: int
 ) -> dict[str, list[float]]:
-    names = list(sessions)
+    names = list(runners)
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
         shift = r % len(names)  # rotate who goes first: no model always runs on a cold cache
         for name in names[shift:] + names[:shift]:
             start = time.perf_counter()
-            sessions[name].run(None, feeds[name])
+            runners[name]()
             times[name].append((time.perf_counter() - start) * 1e3)
     return times
 
