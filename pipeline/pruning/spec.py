@@ -144,15 +144,19 @@ def _check_shape(shape: Any, source: str) -> tuple[int, int, int]:
 def _check_widths(
     widths: Any, model: str, shape: tuple[int, int, int], source: str
 ) -> dict[str, int]:
+    import torch
+
     from pipeline.models import create_model
 
     if not isinstance(widths, dict):
         raise _invalid(
             source, "widths", f"expected an object of group: width, got {_short(widths)}"
         )
-    # Group widths do not depend on the number of classes; one class keeps this cheap.
-    layout = create_model(model, num_classes=1, in_channels=shape[0], input_size=shape[1])
-    dense = layout.channel_layout().dense_widths()
+    # Only the group widths are needed: on the meta device nothing is allocated, and
+    # they do not depend on the number of classes.
+    with torch.device("meta"):
+        dense_model = create_model(model, num_classes=1, in_channels=shape[0], input_size=shape[1])
+    dense = dense_model.channel_layout().dense_widths()
     unknown = sorted(set(widths) - set(dense))
     if unknown:
         raise _invalid(source, "widths", f"{model} has no channel group(s) {_short(unknown)}")
