@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pipeline import distributed
 from pipeline.atomic import torch_save_atomic
 from pipeline.config import TrainConfig
 from pipeline.data import Augment, BatchLoader, PreparedData, Split
@@ -36,6 +37,8 @@ def resolve_device(name: str) -> torch.device:
         )
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and distributed.world_size() > 1:
+        return torch.device("cuda", distributed.local_rank())  # one GPU per process
     return torch.device(name)
 
 
@@ -65,6 +68,21 @@ def uses_channels_last(settings: TrainConfig, device: torch.device) -> bool:
     """Whether ``train.memory_format`` puts batches in channels_last on ``device``."""
     fmt = settings.memory_format
     return fmt == "channels_last" or (fmt == "auto" and device.type == "cuda")
+
+
+def mixed_precision(settings: TrainConfig, device: torch.device):
+    """The autocast context of ``train.precision`` on ``device`` (a no-op for fp32)."""
+    dtype = autocast_dtype(settings, device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def batch_layout(x: torch.Tensor, settings: TrainConfig) -> torch.Tensor:
+    """A batch in the memory format of ``train.memory_format`` on its device."""
+    if uses_channels_last(settings, x.device):
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def gpu_data_limit(settings: TrainConfig, device: torch.device) -> int | None:
@@ -166,19 +184,20 @@ def train_steps(
     ``auto``). Running sums stay on the device; on a GPU the divergence check reads the
     loss back only every few steps, since each read waits for the GPU to catch up.
     """
+    if distributed.world_size() > 1:
+        return _train_steps_sharded(
+            model, batches, steps, optimizer, settings, scheduler, regularizer
+        )
     model.train()
     device = next(model.parameters()).device
-    dtype = autocast_dtype(settings, device)
-    channels_last = uses_channels_last(settings, device)
     check_every = 1 if device.type == "cpu" else _GPU_CHECK_EVERY
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     seen = 0
     for step, (x, y) in zip(range(steps), batches, strict=False):
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, dtype):
+        x = batch_layout(x, settings)
+        with mixed_precision(settings, device):
             logits = model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=settings.label_smoothing)
             if regularizer is not None:
@@ -205,10 +224,42 @@ def train_steps(
 _GPU_CHECK_EVERY = 25  # steps between divergence checks on a GPU
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+def _train_steps_sharded(
+    model, batches, steps: int, optimizer, settings, scheduler=None, regularizer=None
+) -> dict:
+    """``train_steps`` over several processes: each rank takes its slice of every global
+    batch; BN statistics, loss and gradients are those of the global batch
+    (``pipeline.distributed``), so every rank takes the same step."""
+    model.train()
+    device = next(model.parameters()).device
+    world = distributed.world_size()
+    check_every = 1 if device.type == "cpu" else _GPU_CHECK_EVERY
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss x n, correct, seen
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    with distributed.global_batch_norm(model):
+        for step, (x, y) in zip(range(steps), batches, strict=False):
+            count = len(y)
+            x, y = batch_layout(distributed.shard(x), settings), distributed.shard(y)
+            with mixed_precision(settings, device):
+                logits = model(x)
+                loss = distributed.sharded_loss(logits, y, count, settings.label_smoothing)
+                if regularizer is not None:
+                    loss = loss + regularizer(model) / world
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            local = torch.stack([loss.detach().double(), (logits.argmax(1) == y).sum().double()])
+            global_loss, correct = distributed.sum_gradients_and(model, local)
+            nonfinite |= ~torch.isfinite(global_loss)
+            if (step + 1) % check_every == 0 and nonfinite:
+                _diverged(global_loss, optimizer)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            totals += torch.stack([global_loss * count, correct, totals.new_tensor(count)])
+    if nonfinite:
+        _diverged(global_loss, optimizer)
+    loss_sum, correct, seen = totals.tolist()
+    return {"train_loss": loss_sum / max(1, seen), "train_top1": correct / max(1, seen)}
 
 
 def _diverged(loss: torch.Tensor, optimizer) -> None:
@@ -264,6 +315,7 @@ def train(
         torch.set_rng_state(state["rng"])
         history, start = state["history"], state["epoch"]
         console.log(f"{desc}: resuming after epoch {start}/{epochs} from {checkpoint}")
+    distributed.check_same(start, f"the epoch {desc} resumes after")
     limit = gpu_data_limit(settings, torch.device(device))
     with fixed_shape_speedups(torch.device(device)), epoch_progress(desc, epochs, start) as advance:
         for epoch in range(start, epochs):
@@ -277,7 +329,7 @@ def train(
             history.append(record)
             if on_epoch is not None:
                 on_epoch(record)
-            if checkpoint is not None:
+            if checkpoint is not None and distributed.is_main():
                 _save_checkpoint(checkpoint, fingerprint, model, optimizer, scheduler, history)
             advance(record)
     return history

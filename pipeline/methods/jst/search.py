@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pipeline import distributed
 from pipeline.atomic import torch_save_atomic
 from pipeline.data import Augment, BatchLoader, PreparedData, Split, stratified_split
 from pipeline.methods.base import (
@@ -35,9 +36,12 @@ from pipeline.pruning.budget import check_feasible
 from pipeline.pruning.gates import fold_gates_into_bn, gated
 from pipeline.pruning.slicing import build_model, scatter_weights, slice_weights, spec_for_indices
 from pipeline.train import (
+    batch_layout,
     endless,
     evaluate,
+    gpu_data_limit,
     make_optimizer,
+    mixed_precision,
     train,
     train_steps,
 )
@@ -140,7 +144,9 @@ class JointSearch:
         rows = [group_state(*self.static_state[g], self.alpha[g], self.tau[g]) for g in self.groups]
         return torch.tensor(rows, dtype=torch.float32)
 
-    def _loader(self, split: Split, t: int, salt: int, augment: bool = True) -> BatchLoader:
+    def _loader(
+        self, split: Split, t: int, salt: int, augment: bool = True, batch_size: int | None = None
+    ) -> BatchLoader:
         """A shuffled loader whose order depends only on (seed, iteration, purpose)."""
         cfg = self.ctx.config
         a = cfg.train.augment
@@ -148,17 +154,19 @@ class JointSearch:
             split,
             self.train_data.mean,
             self.train_data.std,
-            batch_size=cfg.train.batch_size,
+            batch_size=batch_size or cfg.train.batch_size,
             shuffle=True,
             augment=Augment(a.crop_padding, a.hflip) if augment else None,
             seed=cfg.seed * 1_000_003 + t * 101 + salt,
             device=self.device,
+            max_resident_bytes=gpu_data_limit(cfg.train, self.device),
         )
 
     # ------------------------------------------------------------------- run
     def run(self) -> SearchResult:
         self._warmup()
         self._resume()
+        self._check_ranks_resume_alike()
         total = self.schedule.iterations
         with epoch_progress("jst search", total, self.next_iteration - 1) as advance:
             for t in range(self.next_iteration, total + 1):
@@ -210,6 +218,7 @@ class JointSearch:
         states = self._states()
         candidates = [self._draw(states, budget, sigma, delta) for _ in range(self.jst.candidates)]
         self._score(candidates, t, budget)
+        self._agree_on_rewards(candidates)
         policy_loss = 0.0
         if self.jst.thresholding:
             policy_loss = self.policy.update(
@@ -222,9 +231,10 @@ class JointSearch:
         sub_alpha = {g: self.alpha[g][chosen.keep[g]].clone() for g in self.groups}
         lr, epochs = self.schedule.learning_rate(t), self.schedule.epochs(t)
         train_stats = self._train_sub(sub, sub_alpha, t, lr, epochs)
-        sub_alpha = self._learn_alpha(sub, sub_alpha, t)
+        # Several processes: rank 0's gates and accuracy, so every rank decides alike.
+        sub_alpha = distributed.broadcast_object(self._learn_alpha(sub, sub_alpha, t))
         self._update_target(sub, sub_alpha, chosen.keep)
-        val_top1 = self._val_accuracy(sub, sub_alpha)
+        val_top1 = distributed.broadcast_object(self._val_accuracy(sub, sub_alpha))
 
         spec = spec_for_indices(self.setup.spec, chosen.keep)
         meets = chosen.flops_ratio <= self.search_cfg.target_flops + 1e-9
@@ -295,6 +305,12 @@ class JointSearch:
             c.score = correct / max(1, seen)
             c.reward = c.score - self.jst.budget_penalty * abs(c.flops_ratio / budget - 1)
 
+    def _agree_on_rewards(self, candidates: list[Candidate]) -> None:
+        """Several processes: every rank takes rank 0's scores (no-op with one)."""
+        agreed = distributed.broadcast_object([(c.score, c.reward) for c in candidates])
+        for c, (score, reward) in zip(candidates, agreed, strict=True):
+            c.score, c.reward = score, reward
+
     def _gather(self, keep: Keep) -> nn.Module:
         """The sub-network at ``keep``, physically built, with the target's weights."""
         sub = build_model(spec_for_indices(self.setup.spec, keep)).to(self.device)
@@ -317,13 +333,16 @@ class JointSearch:
             return sub_alpha
         alphas = {g: a.to(self.device).clone().requires_grad_(True) for g, a in sub_alpha.items()}
         optimizer = torch.optim.Adam(alphas.values(), lr=self.jst.alpha_lr)
-        batches = endless(self._loader(self.alpha_split, t, salt=4))
+        loader = self._loader(self.alpha_split, t, salt=4, batch_size=self.jst.alpha_batch_size)
+        batches = endless(loader)
+        settings = self.ctx.config.train
         sub.eval()  # BN running statistics stay as training left them
         for p in sub.parameters():
             p.requires_grad_(False)
         for _, (x, y) in zip(range(self.jst.alpha_steps), batches, strict=False):
             gates = {g: gates_of(a) for g, a in alphas.items()}
-            with gated(sub, self.setup.layout, gates):
+            x = batch_layout(x, settings)  # as in train_steps; no-ops on a CPU under auto
+            with gated(sub, self.setup.layout, gates), mixed_precision(settings, self.device):
                 loss = F.cross_entropy(sub(x), y)
             loss = loss + self.jst.polarisation * polarisation(list(alphas.values()))
             optimizer.zero_grad()
@@ -367,7 +386,7 @@ class JointSearch:
 
     # ------------------------------------------------------------ checkpoint
     def _save(self) -> None:
-        if self.checkpoint is None:
+        if self.checkpoint is None or not distributed.is_main():
             return
         torch_save_atomic(
             {
@@ -403,6 +422,9 @@ class JointSearch:
         self.history, self.best = state["history"], state["best"]
         self.next_iteration = state["next_iteration"]
         console.log(f"jst: resuming at iteration {self.next_iteration} from {path}")
+
+    def _check_ranks_resume_alike(self) -> None:
+        distributed.check_same(self.next_iteration, "the JST iteration to resume at")
 
 
 @torch.no_grad()
