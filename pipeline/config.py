@@ -130,6 +130,8 @@ class JstConfig(_Section):
     budget_penalty: float = Field(2.0, ge=0, le=1000)
     alpha_lr: float = Field(0.2, gt=0, le=100)
     alpha_steps: int = Field(20, ge=0, le=100000)
+    # Gate updates fit a few hundred numbers: small batches suffice and keep them cheap.
+    alpha_batch_size: int | None = Field(None, ge=1, le=1_000_000)  # None: train.batch_size
     polarisation: float = Field(0.01, ge=0, le=100)
     val_fraction: float = Field(0.1, gt=0, lt=1)
     score_batches: int = Field(2, ge=1, le=100000)
