@@ -7,6 +7,7 @@ touched. Errors name the parameter and say what is allowed.
 
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -269,8 +270,13 @@ def _key_name(key: Any) -> str:
 
 
 def _short_repr(value: Any, limit: int = 80) -> str:
-    text = repr(value)
+    # reprlib stops after a few items and levels: YAML aliases can nest a list 9**9 deep.
+    text = _REPR.repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring = 3, 4, 4, 60
 
 
 def _mentions(annotation: Any, types: tuple[type, ...]) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+import time
 import types
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
@@ -304,3 +305,16 @@ def test_a_data_root_the_os_refuses_is_named(root):
     with pytest.raises(ConfigError) as error:
         parse_config(_with_value(("data", "root"), root))
     assert_names_only(error.value, "data.root")
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
+    """Aliases nest a list 9**8 items wide in a few lines; the message must not print it."""
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 8)]
+    path = tmp_path / "params.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="l7: unknown parameter") as error:
+        load_config(path)
+    assert time.monotonic() - started < 1.0
+    assert len(str(error.value)) < 2000

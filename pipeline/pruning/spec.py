@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,7 @@ def _invalid(source: str, field: str, problem: str) -> ArtifactError:
 
 
 def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
+    text = reprlib.repr(value)  # a few items and levels, however large or deep the value
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
