@@ -45,7 +45,8 @@ started = time.monotonic()
 sys.path.insert(0, sys.argv[1])  # the project; the cases' folders hold no code
 # The library and its dependencies, once; stages.* (whose paths come from the working
 # directory) and the CLI are imported fresh in each case's child.
-import sklearn, torchvision  # noqa: F401
+import torch, torchvision  # noqa: F401
+torch.set_num_threads(1)  # no intra-op thread pool for the forked children to inherit
 import pipeline.artifacts, pipeline.config, pipeline.data, pipeline.methods  # noqa: F401
 import pipeline.models, pipeline.plots, pipeline.tracking, pipeline.train  # noqa: F401
 statuses, seconds = [], [time.monotonic() - started]
