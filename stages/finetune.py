@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pipeline.artifacts import load_compact, save_compact
 from pipeline.data import load_prepared
+from pipeline.distributed import is_main
 from pipeline.plots import curves_chart
 from pipeline.pruning.flops import count_flops, count_params
 from pipeline.train import evaluate, resolve_device, seed_everything, train
@@ -52,6 +53,8 @@ def main() -> None:
             fingerprint=f"finetune:{spec.sha256}:{cfg.model_dump_json()}",
             desc="finetune",
         )
+        if not is_main():  # every rank trained; rank 0 evaluates and writes
+            return
         after = evaluate(model, data.val, data, device)["top1"]
         save_compact(COMPACT_DIR, spec, model.cpu())
         write_csv(PLOTS_DIR / "finetune_history.csv", history)
@@ -79,4 +82,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, data_parallel=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pipeline.artifacts import save_compact
 from pipeline.data import load_prepared
+from pipeline.distributed import is_main
 from pipeline.methods import SearchContext, SearchResult, get_method
 from pipeline.plots import curves_chart, kept_widths_chart
 from pipeline.train import resolve_device, seed_everything
@@ -34,6 +35,8 @@ def main() -> None:
         run.log_params({f"search.{k}": v for k, v in cfg.search.model_dump().items()})
         ctx = SearchContext(cfg, data, device, CHECKPOINT_DIR / "search", run.log_metrics)
         result = method(ctx)
+        if not is_main():  # every rank computed; rank 0 writes
+            return
 
         save_compact(SEARCHED_DIR, result.spec, result.model)
         history = [{"step": i + 1, **r} for i, r in enumerate(result.history)]
@@ -79,4 +82,4 @@ def log_charts(run, result: SearchResult, history: list[dict], title: str) -> No
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, data_parallel=True)
