@@ -11,6 +11,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from rich.text import Text
 
+from pipeline import distributed
 from pipeline.atomic import write_text_atomic
 from pipeline.config import PipelineConfig, load_config
 from pipeline.errors import PipelineError
@@ -35,9 +37,21 @@ PLOTS_DIR = METRICS_DIR / "plots"
 CHECKPOINT_DIR = ROOT / "checkpoints"
 
 
-def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's main; user errors print one clear message and exit 1, no traceback."""
+def run_stage(main: Callable[[], None], data_parallel: bool = False) -> None:
+    """Run a stage's main; user errors print one clear message and exit 1, no traceback.
+
+    A ``data_parallel`` stage may run under ``torchrun`` (``$PIPELINE_NPROC`` > 1 relaunches
+    it so): every process runs ``main``; only rank 0 writes outputs and MLflow runs.
+    """
     try:
+        if data_parallel:
+            distributed.relaunch_if_requested(_module_name(main))
+            distributed.init_from_env()
+        elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise PipelineError(
+                f"{_module_name(main)} runs in one process; launch it without torchrun "
+                "(only search and finetune train on several processes)."
+            )
         main()
     except PipelineError as err:
         # soft_wrap: not re-wrapped at 80 columns in logs, so the message stays greppable.
@@ -48,6 +62,14 @@ def run_stage(main: Callable[[], None]) -> None:
     except KeyboardInterrupt:
         console.print("[bold red]interrupted[/]")
         sys.exit(130)
+    finally:
+        distributed.shutdown()
+
+
+def _module_name(main: Callable[[], None]) -> str:
+    """``stages.search`` for a stage started as ``python -m stages.search``."""
+    spec = getattr(sys.modules.get(main.__module__), "__spec__", None)
+    return spec.name if spec is not None else main.__module__
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -101,6 +123,9 @@ def tracked_stage(cfg: PipelineConfig, stage: str, inputs: list[Path]) -> Iterat
     """A nested MLflow run for this stage under the pipeline execution's parent run."""
     from pipeline import tracking
 
+    if not distributed.is_main():  # rank 0 alone records the run
+        yield NoRun()
+        return
     tracker = pipeline_tracker(cfg)
     tags = tracking.reproducibility_tags(ROOT)
     tags |= tracking.input_hash_tags([_display_path(p) for p in inputs if p.exists()])
@@ -109,11 +134,20 @@ def tracked_stage(cfg: PipelineConfig, stage: str, inputs: list[Path]) -> Iterat
         yield run
 
 
+class NoRun:
+    """The MLflow run of a rank other than 0: every call does nothing."""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
 def start(stage: str) -> PipelineConfig:
     """Validate params.yaml and the tracking store: fail in seconds, before any work."""
     from pipeline import tracking
 
     cfg = load_config(PARAMS)
+    if not distributed.is_main():  # rank 0 checks the store
+        return cfg
     tracking.check_tracking_available(tracking.resolve_tracking_uri(ROOT))
     console.log(f"stage [bold]{stage}[/]: parameters valid")
     return cfg
