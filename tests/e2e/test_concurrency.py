@@ -347,6 +347,7 @@ def test_two_pipelines_log_to_one_server_at_the_same_time(server_repos, server_c
 # --------------------------------------------------------------------------- 3. server killed
 
 
+@pytest.mark.timeout(900)
 def test_server_killed_mid_stage_spools_and_replays(server, server_repos, server_client):
     repo, first = server_repos[0]
     assert first.returncode == 0, first.describe()
