@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -45,23 +45,63 @@ def load_compact(directory: Path) -> tuple[ArchSpec, nn.Module]:
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise ArtifactError(f"{weights}: weights file not found; rerun `dvc repro`.")
-    try:
+    try:  # safetensors parses a JSON header and raw tensors: it never unpickles
         state = load_file(weights)
+        with safe_open(weights, "pt") as handle:
+            stored_hash = (handle.metadata() or {}).get("arch_sha256")
     except (SafetensorError, OSError, ValueError) as err:
+        _refuse_pickle(weights)
         raise ArtifactError(
             f"{weights}: not a readable safetensors file ({err}); rerun `dvc repro`."
         ) from None
-    model = build_model(spec)
-    expected = model.state_dict()
-    mismatched = sorted(
-        k
-        for k in expected.keys() | state.keys()
-        if k not in state or k not in expected or state[k].shape != expected[k].shape
-    )
-    if mismatched:
+    if stored_hash is not None and stored_hash != spec.sha256:
         raise ArtifactError(
-            f"{weights} does not match its architecture spec {directory / SPEC_FILE} "
-            f"(first mismatched tensors: {mismatched[:3]}); rerun `dvc repro`."
+            f"{weights} does not match its architecture spec {directory / SPEC_FILE}: it was "
+            f"saved for architecture {stored_hash[:12]}, the spec is {spec.sha256[:12]}; the "
+            "two files come from "
+            "different runs: rerun `dvc repro` (or `dvc checkout`) to restore a matching pair."
         )
+    model = build_model(spec)
+    _check_tensors(weights, directory / SPEC_FILE, model.state_dict(), state)
     model.load_state_dict(state)
     return spec, model
+
+
+# Leading bytes of the formats that unpickle on load: a raw pickle (protocol 2+) and the
+# zip container of torch.save; named in the message when a file is not safetensors.
+_PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")
+
+
+def _refuse_pickle(weights: Path) -> None:
+    with weights.open("rb") as handle:
+        head = handle.read(4)
+    if head.startswith(_PICKLE_MAGIC):
+        raise ArtifactError(
+            f"{weights} is not safetensors but looks like a pickle or torch.save file; it was "
+            "not loaded: pickles are never loaded "
+            "(unpickling can run arbitrary code). Save the weights with "
+            "safetensors.torch.save_file(model.state_dict(), path) instead."
+        )
+
+
+def _check_tensors(weights: Path, spec_file: Path, expected: dict, found: dict) -> None:
+    """Every tensor the spec's model needs, with its shape, and no other."""
+    problems = []
+    for name in sorted(expected.keys() | found.keys()):
+        if name not in found:
+            problems.append(f"{name}: missing (expected {list(expected[name].shape)})")
+        elif name not in expected:
+            problems.append(f"{name}: not part of the architecture")
+        elif found[name].shape != expected[name].shape:
+            problems.append(
+                f"{name}: expected {list(expected[name].shape)}, found {list(found[name].shape)}"
+            )
+    if problems:
+        shown = "; ".join(problems[:3]) + (
+            f"; ... {len(problems) - 3} more" if len(problems) > 3 else ""
+        )
+        raise ArtifactError(
+            f"{weights} does not match its architecture spec {spec_file} ({len(problems)} "
+            f"mismatched tensors: {shown}); the weights belong to another architecture: "
+            "rerun `dvc repro` to regenerate both files."
+        )

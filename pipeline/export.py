@@ -92,15 +92,29 @@ def export_onnx(
 
 
 def check_onnx_matches(
-    path: str | os.PathLike, input_shape: tuple[int, int, int], num_classes: int
+    path: str | os.PathLike,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    arch_sha256: str | None = None,
 ) -> None:
     """Raise ``ArtifactError`` unless ``path`` is a valid ONNX classifier of the given shape.
 
     The model must take one N x C x H x W input with a dynamic batch axis and return one
-    N x ``num_classes`` output.
+    N x ``num_classes`` output. With ``arch_sha256``, the file's metadata_props must name
+    that architecture hash (the export stage writes it), so an ONNX file of another
+    architecture with the same input and output shapes is refused too.
     """
     path = Path(path)
-    _check_io(_checked_model(path, path), path, input_shape, num_classes, fix=_SPEC_FIX)
+    proto = _checked_model(path, path)
+    _check_io(proto, path, input_shape, num_classes, fix=_SPEC_FIX)
+    if arch_sha256 is not None:
+        stored = {prop.key: prop.value for prop in proto.metadata_props}.get("arch_sha256")
+        if stored != arch_sha256:
+            found = "no arch_sha256 metadata" if stored is None else f"architecture {stored[:12]}"
+            raise ArtifactError(
+                f"{path} does not match its architecture spec: the file holds {found}, the "
+                f"spec is {arch_sha256[:12]}; {_SPEC_FIX}"
+            )
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
