@@ -28,9 +28,10 @@ def main() -> None:
     with tracked_stage(cfg, "evaluate", [PREPARED_DIR, COMPACT_DIR, ONNX_MODEL, DENSE_ONNX]) as run:
         data = load_prepared(PREPARED_DIR)
         spec, compact = load_compact(COMPACT_DIR)
-        dense = build_model(dense_spec(spec.model, spec.input_shape, spec.num_classes))
-        for path in (ONNX_MODEL, DENSE_ONNX):
-            check_onnx_matches(path, spec.input_shape, spec.num_classes)
+        dense_arch = dense_spec(spec.model, spec.input_shape, spec.num_classes)
+        dense = build_model(dense_arch)
+        for path, arch in ((ONNX_MODEL, spec), (DENSE_ONNX, dense_arch)):
+            check_onnx_matches(path, spec.input_shape, spec.num_classes, arch.sha256)
 
         session, provider = open_session(ONNX_MODEL, e.device, intra_op_threads=e.threads)
         dense_session, _ = open_session(DENSE_ONNX, e.device, intra_op_threads=e.threads)
