@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,6 +36,30 @@ DENSE_ONNX = ROOT / "models" / "dense.onnx"
 METRICS_DIR = ROOT / "metrics"
 PLOTS_DIR = METRICS_DIR / "plots"
 CHECKPOINT_DIR = ROOT / "checkpoints"
+
+
+def stage_checkpoints(stage: str, cfg: PipelineConfig, inputs: list[Path]) -> Path:
+    """The folder of ``stage``'s resume checkpoints: checkpoints/<stage>/<key>.
+
+    The key hashes every parameter and the content of the stage's input files, so a
+    checkpoint of other parameters or inputs is never resumed from. checkpoints/ is no DVC
+    output (DVC never deletes or restores it), so it survives a SIGKILL and the next
+    ``dvc repro``; ``clear_checkpoints`` removes it once the stage's outputs are written.
+    """
+    digest = hashlib.sha256(cfg.model_dump_json().encode())
+    for root in inputs:
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        for file in files:
+            digest.update(str(file.relative_to(root.parent)).encode())
+            with file.open("rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+    return CHECKPOINT_DIR / stage / digest.hexdigest()[:16]
+
+
+def clear_checkpoints(stage: str) -> None:
+    """Drop a finished stage's checkpoints (its outputs are written and cached by DVC)."""
+    shutil.rmtree(CHECKPOINT_DIR / stage, ignore_errors=True)
 
 
 def run_stage(main: Callable[[], None], data_parallel: bool = False) -> None:

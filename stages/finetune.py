@@ -12,13 +12,14 @@ from pipeline.plots import curves_chart
 from pipeline.pruning.flops import count_flops, count_params
 from pipeline.train import evaluate, resolve_device, seed_everything, train
 from stages.common import (
-    CHECKPOINT_DIR,
     COMPACT_DIR,
     METRICS_DIR,
     PLOTS_DIR,
     PREPARED_DIR,
     SEARCHED_DIR,
+    clear_checkpoints,
     run_stage,
+    stage_checkpoints,
     start,
     tracked_stage,
     write_csv,
@@ -49,7 +50,8 @@ def main() -> None:
             seed=cfg.seed,
             device=device,
             on_epoch=log,
-            checkpoint=CHECKPOINT_DIR / "finetune.pt",
+            checkpoint=stage_checkpoints("finetune", cfg, [PREPARED_DIR, SEARCHED_DIR])
+            / "finetune.pt",
             fingerprint=f"finetune:{spec.sha256}:{cfg.model_dump_json()}",
             desc="finetune",
         )
@@ -79,6 +81,7 @@ def main() -> None:
                     "fine-tuning",
                 )
                 run.log_artifact(chart, "plots")
+    clear_checkpoints("finetune")
 
 
 if __name__ == "__main__":

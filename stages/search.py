@@ -12,12 +12,13 @@ from pipeline.methods import SearchContext, SearchResult, get_method
 from pipeline.plots import curves_chart, kept_widths_chart
 from pipeline.train import resolve_device, seed_everything
 from stages.common import (
-    CHECKPOINT_DIR,
     METRICS_DIR,
     PLOTS_DIR,
     PREPARED_DIR,
     SEARCHED_DIR,
+    clear_checkpoints,
     run_stage,
+    stage_checkpoints,
     start,
     tracked_stage,
     write_csv,
@@ -33,7 +34,8 @@ def main() -> None:
         data = load_prepared(PREPARED_DIR)
         seed_everything(cfg.seed)
         run.log_params({f"search.{k}": v for k, v in cfg.search.model_dump().items()})
-        ctx = SearchContext(cfg, data, device, CHECKPOINT_DIR / "search", run.log_metrics)
+        workdir = stage_checkpoints("search", cfg, [PREPARED_DIR])
+        ctx = SearchContext(cfg, data, device, workdir, run.log_metrics)
         result = method(ctx)
         if not is_main():  # every rank computed; rank 0 writes
             return
@@ -58,6 +60,7 @@ def main() -> None:
             f"({result.summary['flops_ratio']:.3f} of dense FLOPs)"
         )
         log_charts(run, result, history, title)
+    clear_checkpoints("search")
 
 
 def width_rows(result: SearchResult) -> list[dict]:
