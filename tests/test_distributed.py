@@ -7,9 +7,9 @@ global batch. Weights agree with the single-process ones only up to float roundi
 tests/distributed_worker.py says why JST runs without gate learning here.
 """
 
+import multiprocessing
 import os
-import subprocess
-import sys
+import socket
 from pathlib import Path
 
 import pytest
@@ -18,27 +18,43 @@ import torch
 from pipeline import distributed
 from pipeline.artifacts import load_compact
 from stages.common import run_stage
-from tests.distributed_worker import CONFIGS, run_methods
+from tests.distributed_worker import CONFIGS, main, run_methods
 
-WORKER = Path(__file__).with_name("distributed_worker.py")
+
+def _rank(rank: int, port: int, out: Path) -> None:
+    """One rank, in the environment torchrun would give it."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank)
+    )
+    os.environ["WORLD_SIZE"] = "2"
+    main(str(out))
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """(single-process dir, 2-process dir); the two runs overlap in time."""
+    """(single-process dir, 2-process dir); the two runs overlap in time.
+
+    The ranks are forked from this process (torchvision and the pipeline are imported
+    already: a fresh process spends most of this test importing them); each joins the
+    gloo group through init_from_env from the variables torchrun sets.
+    """
     one, two = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("two")
-    env = {k: v for k, v in os.environ.items() if k != distributed.ENV_NPROC}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += ["--nproc_per_node=2", str(WORKER), str(two)]
-    launched = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # OpenMP's thread pool does not survive a fork
+    context = multiprocessing.get_context("fork")
+    ranks = [context.Process(target=_rank, args=(r, port, two)) for r in (0, 1)]
     try:
+        for process in ranks:
+            process.start()
         run_methods(one)
     finally:
+        for process in ranks:
+            process.join(timeout=600)
         torch.set_num_threads(threads)
-        output, _ = launched.communicate(timeout=600)
-    assert launched.returncode == 0, output.decode()[-4000:]
+    assert [p.exitcode for p in ranks] == [0, 0]
     return one, two
 
 
