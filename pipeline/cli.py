@@ -116,5 +116,34 @@ def inspect(
         typer.echo(f"  {group:<28} {width:>5} / {dense.widths[group]}")
 
 
+tracking_app = typer.Typer(help="MLflow tracking: spooled calls.", no_args_is_help=True)
+app.add_typer(tracking_app, name="tracking")
+
+
+@tracking_app.command("replay")
+def tracking_replay() -> None:
+    """Log the MLflow calls that stages spooled in .mlflow-spool/ while the store was away."""
+    from pipeline import tracking
+    from pipeline.errors import PipelineError
+
+    root = Path.cwd()
+    uri = tracking.resolve_tracking_uri(root)
+    directory = tracking.spool_directory(root)
+    try:
+        tracking.check_tracking_available(uri)
+    except PipelineError as err:
+        typer.echo(f"error: {err} The spool {directory} is kept.", err=True)
+        raise typer.Exit(1) from None
+    replayed, left = tracking.replay_spooled(uri, root)
+    typer.echo(f"replayed {replayed} call(s) to {uri}; {left} spool file(s) left in {directory}")
+    if left:
+        typer.echo(
+            "Spool files left are in use by a running stage, were logged for another tracking "
+            "URI, or failed (see the warnings above); rerun `jst tracking replay` later.",
+            err=True,
+        )
+        raise typer.Exit(1)
+
+
 if __name__ == "__main__":
     app()

@@ -7,7 +7,9 @@ and ``stage_run`` opens a nested child run for the stage. The last stage (evalua
 interrupted execution leaves its parent RUNNING and a rerun continues under it.
 
 All calls go through an explicit ``MlflowClient`` (never the fluent active-run state), and are
-retried while a shared SQLite store is locked by a parallel experiment.
+retried while a shared SQLite store is locked by a parallel experiment. A store that stops
+answering mid-stage does not stop the stage: its remaining calls go to a spool on disk
+(``pipeline.tracking_spool``), replayed when the next stage starts.
 
 This is the only module of the library that imports MLflow, and it imports it lazily, so the
 rest of the library works without it.
@@ -37,6 +39,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pipeline.errors import ArtifactError, PipelineError
+from pipeline.tracking_spool import SPOOL_DIR_NAME, Spool, is_unavailable, pending, replay_all
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +66,15 @@ MAX_METRICS_PER_BATCH = 1000
 # waits busy_timeout (20 s in MLflow) for most locks; these cover the cases where it gives up
 # at once (a read transaction that must upgrade to a write while another process writes).
 LOCK_RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+# A few quick retries of a request to a tracking server (MLflow's default, 7 retries with
+# factor 2, waits minutes): about 6 s, then the stage spools its calls and goes on.
+HTTP_RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
 
 _T = TypeVar("_T")
 
@@ -236,6 +248,8 @@ def _make_client(uri: str) -> _LockTolerantClient:
         # A connection per session instead of a pool: no process keeps the file open between
         # operations, which is what parallel `dvc queue start -j N` workers need.
         os.environ.setdefault("MLFLOW_SQLALCHEMYSTORE_POOLCLASS", "NullPool")
+    for variable, value in HTTP_RETRY_DEFAULTS.items():  # a user's own setting wins
+        os.environ.setdefault(variable, value)
     from mlflow import MlflowClient
 
     return _LockTolerantClient(MlflowClient(tracking_uri=uri, registry_uri=uri))
@@ -279,58 +293,69 @@ def _filter_value(value: str) -> str:
 
 @dataclass(frozen=True)
 class StageRun:
-    """One stage's child run; the methods log to it."""
+    """One stage's child run; the methods log to it.
+
+    Every write is a JSON-able call (see ``_execute``): run at once, or, after the store
+    stopped answering, appended to ``spool`` and replayed later.
+    """
 
     client: Any
     run_id: str
     experiment_id: str
     tracking_uri: str
+    parent_run_id: str | None = None
+    spool: Spool | None = None
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log parameters (nested mappings are flattened to dotted names)."""
-        from mlflow.entities import Param
-
-        entries = [Param(key, value) for key, value in flatten_params(params).items()]
+        entries = [[key, value] for key, value in flatten_params(params).items()]
         for batch in _chunks(entries, MAX_PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=batch)
+            self._call({"op": "log_batch", "run_id": self.run_id, "params": batch})
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Log metrics at ``step`` (0 when None); non-numeric or non-finite values are skipped."""
-        from mlflow.entities import Metric
+        self._log_metrics_to(self.run_id, metrics, step)
 
+    def _log_metrics_to(self, run_id: str, metrics: Mapping[str, Any], step: int | None) -> None:
         timestamp_ms = int(time.time() * 1000)
         entries = [
-            Metric(key, value, timestamp_ms, step or 0)
-            for key, value in finite_metrics(metrics).items()
+            [key, value, timestamp_ms, step or 0] for key, value in finite_metrics(metrics).items()
         ]
         for batch in _chunks(entries, MAX_METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=batch)
+            self._call({"op": "log_batch", "run_id": run_id, "metrics": batch})
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
         entries = [
-            RunTag(key, _truncate(str(value), MAX_TAG_VALUE_LENGTH)) for key, value in tags.items()
+            [key, _truncate(str(value), MAX_TAG_VALUE_LENGTH)] for key, value in tags.items()
         ]
         for batch in _chunks(entries, MAX_PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, tags=batch)
+            self._call({"op": "log_batch", "run_id": self.run_id, "tags": batch})
 
     def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
         """Upload a file, or a directory's contents, under ``artifact_path``."""
         path = Path(path)
         if not path.exists():
             raise ArtifactError(f"Cannot log artifact {path}: it does not exist.")
-        if path.is_dir():
-            self.client.log_artifacts(self.run_id, str(path), artifact_path)
-        else:
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+        op = {"op": "log_artifact", "run_id": self.run_id, "path": str(path.resolve())}
+        self._call(op | {"artifact_path": artifact_path})
 
     def log_dict(self, dictionary: Mapping[str, Any], file_name: str) -> None:
         """Store ``dictionary`` as a JSON (or YAML, by extension) artifact."""
-        self.client.log_dict(self.run_id, dict(dictionary), file_name)
+        op = {"op": "log_dict", "run_id": self.run_id, "dictionary": dict(dictionary)}
+        self._call(op | {"file_name": file_name})
 
     def log_text(self, text: str, file_name: str) -> None:
-        self.client.log_text(self.run_id, text, file_name)
+        self._call({"op": "log_text", "run_id": self.run_id, "text": text, "file_name": file_name})
+
+    def set_terminated(self, status: str) -> None:
+        self._call({"op": "set_terminated", "run_id": self.run_id, "status": status})
+
+    def finish_pipeline(self, metrics: Mapping[str, Any]) -> None:
+        """Log the final metrics on the pipeline's parent run and close it (FINISHED)."""
+        if self.parent_run_id is None:
+            raise ValueError("this run has no parent pipeline run")
+        self._log_metrics_to(self.parent_run_id, metrics, None)
+        self._call({"op": "set_terminated", "run_id": self.parent_run_id, "status": "FINISHED"})
 
     def register_onnx_model(
         self,
@@ -338,56 +363,122 @@ class StageRun:
         registered_model_name: str,
         tags: Mapping[str, Any],
         alias: str = "newest",
-    ) -> str:
+    ) -> str | None:
         """Log ``onnx_path`` as an MLflow ONNX model of this run, register it as a new version
-        of ``registered_model_name`` with ``tags``, point ``alias`` at it; return the version.
+        of ``registered_model_name`` with ``tags``, point ``alias`` at it; return the version
+        (None when the store is unavailable and the registration is spooled). The version is
+        also logged as metric ``model_version`` of the parent pipeline run.
 
         ("latest" is reserved by MLflow, hence the default alias "newest".)
         """
-        model = _load_onnx(onnx_path)
-        with _global_tracking_uri(self.tracking_uri):
-            model_id = self._log_onnx_model(model, registered_model_name)
-            self._ensure_registered_model(registered_model_name)
-            version = self.client.create_model_version(
-                registered_model_name,
-                source=f"models:/{model_id}",
-                run_id=self.run_id,
-                tags={key: str(value) for key, value in tags.items()},
-                model_id=model_id,
-            ).version
-        self.client.set_registered_model_alias(registered_model_name, alias, version)
-        return str(version)
+        _load_onnx(onnx_path)  # a bad file is the user's error, whether online or spooled
+        op = {
+            "op": "register_onnx_model",
+            "run_id": self.run_id,
+            "experiment_id": self.experiment_id,
+            "parent_run_id": self.parent_run_id,
+            "path": str(Path(onnx_path).resolve()),
+            "name": registered_model_name,
+            "tags": {key: str(value) for key, value in tags.items()},
+            "alias": alias,
+        }
+        return self._call(op)
 
-    def _log_onnx_model(self, model: Any, registered_model_name: str) -> str:
-        import mlflow.onnx
-
-        # Created here, in this run's experiment: left to itself, Model.log would put the
-        # logged model in the global default experiment, as no fluent run is active.
-        logged = self.client.create_logged_model(
-            self.experiment_id,
-            name=_logged_model_name(registered_model_name),
-            source_run_id=self.run_id,
-        )
-        mlflow.onnx.log_model(
-            model,
-            name=logged.name,
-            run_id=self.run_id,
-            model_id=logged.model_id,
-            signature=_onnx_signature(model),
-            # Explicit requirements skip MLflow's inference, which reloads the model in a
-            # subprocess.
-            pip_requirements=mlflow.onnx.get_default_pip_requirements(),
-            # One self-contained file unless protobuf's 2 GiB limit forces external data.
-            save_as_external_data=model.ByteSize() >= 2**31 - 2**20,
-        )
-        return logged.model_id
-
-    def _ensure_registered_model(self, name: str) -> None:
+    def _call(self, op: dict[str, Any]) -> Any:
+        if self.spool is not None and self.spool.active:
+            self.spool.append(op)
+            return None
         try:
-            self.client.create_registered_model(name)
-        except Exception as error:  # a parallel experiment may have created it first
-            if not _is_already_exists(error):
+            return _execute(self.client, self.tracking_uri, op)
+        except Exception as error:
+            if self.spool is None or not is_unavailable(error):
                 raise
+            self.spool.activate(error)
+            self.spool.append(op)
+            return None
+
+
+def _execute(client: Any, tracking_uri: str, op: Mapping[str, Any]) -> Any:
+    """Run one recorded tracking call against the store."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    kind, run_id = op["op"], op["run_id"]
+    if kind == "log_batch":
+        client.log_batch(
+            run_id,
+            metrics=[Metric(*entry) for entry in op.get("metrics", [])],
+            params=[Param(*entry) for entry in op.get("params", [])],
+            tags=[RunTag(*entry) for entry in op.get("tags", [])],
+        )
+    elif kind == "log_artifact":
+        if Path(op["path"]).is_dir():
+            client.log_artifacts(run_id, op["path"], op["artifact_path"])
+        else:
+            client.log_artifact(run_id, op["path"], op["artifact_path"])
+    elif kind == "log_dict":
+        client.log_dict(run_id, op["dictionary"], op["file_name"])
+    elif kind == "log_text":
+        client.log_text(run_id, op["text"], op["file_name"])
+    elif kind == "set_terminated":
+        client.set_terminated(run_id, op["status"])
+    elif kind == "register_onnx_model":
+        return _register_onnx_model(client, tracking_uri, op)
+    else:
+        raise ValueError(f"unknown tracking call {kind!r}")
+    return None
+
+
+def _register_onnx_model(client: Any, tracking_uri: str, op: Mapping[str, Any]) -> str:
+    model = _load_onnx(op["path"])
+    name, run_id = op["name"], op["run_id"]
+    with _global_tracking_uri(tracking_uri):
+        model_id = _log_onnx_model(client, model, op["experiment_id"], run_id, name)
+        _ensure_registered_model(client, name)
+        version = client.create_model_version(
+            name, source=f"models:/{model_id}", run_id=run_id, tags=op["tags"], model_id=model_id
+        ).version
+    client.set_registered_model_alias(name, op["alias"], version)
+    if op.get("parent_run_id"):
+        metric = [["model_version", float(version), int(time.time() * 1000), 0]]
+        _execute(
+            client,
+            tracking_uri,
+            {"op": "log_batch", "run_id": op["parent_run_id"], "metrics": metric},
+        )
+    return str(version)
+
+
+def _log_onnx_model(
+    client: Any, model: Any, experiment_id: str, run_id: str, registered_model_name: str
+) -> str:
+    import mlflow.onnx
+
+    # Created here, in this run's experiment: left to itself, Model.log would put the
+    # logged model in the global default experiment, as no fluent run is active.
+    logged = client.create_logged_model(
+        experiment_id, name=_logged_model_name(registered_model_name), source_run_id=run_id
+    )
+    mlflow.onnx.log_model(
+        model,
+        name=logged.name,
+        run_id=run_id,
+        model_id=logged.model_id,
+        signature=_onnx_signature(model),
+        # Explicit requirements skip MLflow's inference, which reloads the model in a
+        # subprocess.
+        pip_requirements=mlflow.onnx.get_default_pip_requirements(),
+        # One self-contained file unless protobuf's 2 GiB limit forces external data.
+        save_as_external_data=model.ByteSize() >= 2**31 - 2**20,
+    )
+    return logged.model_id
+
+
+def _ensure_registered_model(client: Any, name: str) -> None:
+    try:
+        client.create_registered_model(name)
+    except Exception as error:  # a parallel experiment may have created it first
+        if not _is_already_exists(error):
+            raise
 
 
 def _load_onnx(onnx_path: Path | str) -> Any:
@@ -433,7 +524,11 @@ def _onnx_signature(model: Any) -> Any:
 
 
 class PipelineTracker:
-    """The parent run of one pipeline execution, shared by the stage processes via its key."""
+    """The parent run of one pipeline execution, shared by the stage processes via its key.
+
+    With ``spool_dir``, calls that find the store unavailable once the runs exist are
+    spooled there instead of failing; before that, the error is a ``PipelineError``.
+    """
 
     def __init__(
         self,
@@ -442,12 +537,15 @@ class PipelineTracker:
         pipeline_key: str,
         params: Mapping[str, Any],
         run_name: str,
+        spool_dir: Path | None = None,
     ) -> None:
         self.uri = uri
         self.pipeline_key = pipeline_key
+        self.spool = Spool(spool_dir, uri, "pipeline") if spool_dir is not None else None
         self._client = _make_client(uri)
-        self.experiment_id = self._experiment_id(experiment)
-        self.parent_run_id = self._running_parent_id() or self._create_parent(run_name, params)
+        with _unavailable_as_error(uri):
+            self.experiment_id = self._experiment_id(experiment)
+            self.parent_run_id = self._running_parent_id() or self._create_parent(run_name, params)
 
     def _experiment_id(self, name: str) -> str:
         experiment = self._client.get_experiment_by_name(name)
@@ -485,38 +583,47 @@ class PipelineTracker:
         self._run(run.info.run_id).log_params(params)
         return run.info.run_id
 
-    def _run(self, run_id: str) -> StageRun:
-        return StageRun(self._client, run_id, self.experiment_id, self.uri)
+    def _run(self, run_id: str, parent_run_id: str | None = None) -> StageRun:
+        return StageRun(
+            self._client, run_id, self.experiment_id, self.uri, parent_run_id, self.spool
+        )
 
     @contextmanager
     def stage_run(self, stage: str, tags: Mapping[str, str] | None = None) -> Iterator[StageRun]:
         """A child run for ``stage``: FINISHED after the block, FAILED if it raises."""
-        self._end_orphaned_stage_runs(stage)
-        run = self._client.create_run(
-            self.experiment_id,
-            run_name=stage,
-            tags={
-                TAG_PARENT_RUN_ID: self.parent_run_id,
-                TAG_PIPELINE_KEY: self.pipeline_key,
-                TAG_KIND: "stage",
-                TAG_STAGE: stage,
-                **(tags or {}),
-            },
-        )
-        stage_run = self._run(run.info.run_id)
+        if self.spool is not None:
+            self.spool.label = stage
+        with _unavailable_as_error(self.uri):
+            self._end_orphaned_stage_runs(stage)
+            run = self._client.create_run(
+                self.experiment_id,
+                run_name=stage,
+                tags={
+                    TAG_PARENT_RUN_ID: self.parent_run_id,
+                    TAG_PIPELINE_KEY: self.pipeline_key,
+                    TAG_KIND: "stage",
+                    TAG_STAGE: stage,
+                    **(tags or {}),
+                },
+            )
+        stage_run = self._run(run.info.run_id, self.parent_run_id)
         try:
             yield stage_run
         except BaseException as error:
             status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
             self._end_quietly(stage_run, status, f"{type(error).__name__}: {error}")
             raise
-        self._client.set_terminated(stage_run.run_id, "FINISHED")
+        else:
+            stage_run.set_terminated("FINISHED")
+        finally:
+            if self.spool is not None:
+                self.spool.close()
 
     def _end_quietly(self, stage_run: StageRun, status: str, error: str) -> None:
         """End a run whose stage failed without masking the stage's own exception."""
         try:
             stage_run.set_tags({TAG_ERROR: error})
-            self._client.set_terminated(stage_run.run_id, status)
+            stage_run.set_terminated(status)
         except Exception:
             logger.warning(
                 "Could not mark MLflow run %s %s", stage_run.run_id, status, exc_info=True
@@ -540,8 +647,43 @@ class PipelineTracker:
 
     def finish_pipeline(self, metrics: Mapping[str, Any]) -> None:
         """Log the final metrics on the parent run and close it (FINISHED)."""
-        self._run(self.parent_run_id).log_metrics(metrics)
-        self._client.set_terminated(self.parent_run_id, "FINISHED")
+        parent = self._run(self.parent_run_id)
+        parent.log_metrics(metrics)
+        parent.set_terminated("FINISHED")
+
+
+@contextmanager
+def _unavailable_as_error(uri: str) -> Iterator[None]:
+    """Before a stage's run exists there is nothing to spool: stop with a clear message."""
+    try:
+        yield
+    except PipelineError:
+        raise
+    except Exception as error:
+        if not is_unavailable(error):
+            raise
+        raise PipelineError(
+            f"MLflow tracking store {uri} stopped answering as the stage started "
+            f"({str(error).splitlines()[0][:300]}). Start the server (or free the store) and "
+            "rerun the stage."
+        ) from error
+
+
+def replay_spooled(uri: str, repo_root: Path | str) -> tuple[int, int]:
+    """Replay the tracking calls spooled in the repository for ``uri``.
+
+    Returns (calls replayed, spool files left); see ``pipeline.tracking_spool``.
+    """
+    directory = spool_directory(repo_root)
+    if not pending(directory):
+        return 0, 0
+    client = _make_client(uri)
+    return replay_all(directory, uri, lambda op: _execute(client, uri, op))
+
+
+def spool_directory(repo_root: Path | str) -> Path:
+    """``.mlflow-spool`` of the repository (of the original one, in a DVC experiment copy)."""
+    return original_repo_root(Path(repo_root).resolve()) / SPOOL_DIR_NAME
 
 
 def _artifact_location(uri: str, experiment: str) -> str | None:

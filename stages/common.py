@@ -140,6 +140,7 @@ def pipeline_tracker(cfg: PipelineConfig):
         pipeline_key(cfg),
         cfg.model_dump(),
         run_name(cfg),
+        spool_dir=tracking.spool_directory(ROOT),
     )
 
 
@@ -173,6 +174,11 @@ def start(stage: str) -> PipelineConfig:
     cfg = load_config(PARAMS)
     if not distributed.is_main():  # rank 0 checks the store
         return cfg
-    tracking.check_tracking_available(tracking.resolve_tracking_uri(ROOT))
+    uri = tracking.resolve_tracking_uri(ROOT)
+    tracking.check_tracking_available(uri)
+    # Calls an earlier stage spooled while the store was away: the store answers again.
+    replayed, left = tracking.replay_spooled(uri, ROOT)
+    if replayed or left:
+        console.log(f"replayed {replayed} spooled MLflow call(s); {left} spool file(s) left")
     console.log(f"stage [bold]{stage}[/]: parameters valid")
     return cfg

@@ -14,7 +14,6 @@ from stages.common import (
     METRICS_DIR,
     ONNX_MODEL,
     PREPARED_DIR,
-    pipeline_tracker,
     run_stage,
     start,
     tracked_stage,
@@ -64,7 +63,7 @@ def main() -> None:
         numeric = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
         run.log_metrics(numeric)
         run.set_tags({"jst.arch_sha256": spec.sha256, "jst.provider": provider})
-        version = run.register_onnx_model(
+        run.register_onnx_model(
             ONNX_MODEL,
             cfg.tracking.registered_model,
             tags={
@@ -75,7 +74,9 @@ def main() -> None:
             },
             alias=cfg.tracking.alias,
         )
-        pipeline_tracker(cfg).finish_pipeline(numeric | {"model_version": float(version)})
+        # The version is logged on the pipeline run as metric model_version by the registry
+        # call (also when it had to be spooled).
+        run.finish_pipeline(numeric)
 
 
 def summarize(accuracy: dict, latency: dict, batch_sizes: list[int], provider: str) -> dict:

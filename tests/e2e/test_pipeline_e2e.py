@@ -2,15 +2,14 @@
 SQLite store, exported to ONNX and timed with ONNX Runtime. Nothing is mocked.
 
 One repository is built per module and the tests build on each other, in file order:
-reproduce -> inspect the tracking store -> experiment -> bad input -> queued experiment.
+reproduce -> inspect the tracking store -> experiment -> bad input. Queued experiments
+(parallel workers on one store) are in test_concurrency.py.
 The tiny configuration (digits at 8x8, one epoch per training) keeps the module within a
 few minutes on two CPU cores.
 """
 
 from __future__ import annotations
 
-import re
-import time
 from pathlib import Path
 
 import onnx
@@ -32,15 +31,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 EXPERIMENT = "jst-pipeline"
 MODEL_NAME = "jst-compact"
 ALIAS = "newest"
-QUEUE_WAIT_S = 240
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> E2ERepo:
-    repo = E2ERepo.create(tmp_path_factory.mktemp("e2e") / "repo")
-    yield repo
-    # A queue worker that outlived a failed test must not keep running after the module.
-    repo.dvc("queue", "stop", "--kill", timeout=60, check=False)
+    return E2ERepo.create(tmp_path_factory.mktemp("e2e") / "repo")
 
 
 @pytest.fixture(scope="module")
@@ -355,70 +350,3 @@ def test_bad_parameters_fail_cleanly_and_leave_outputs_untouched(
     assert after == before, [k for k in PROTECTED if after[k] != before[k]]
     status = repo.dvc("status")
     assert "up to date" in status.output, status.describe()
-
-
-# --------------------------------------------------------------------------- 5. dvc queue
-
-
-def test_queued_experiment_logs_to_the_repository_store(
-    repo: E2ERepo, client: MlflowClient
-) -> None:
-    assert repo.reproduce_once().returncode == 0
-    parents_before = {r.info.run_id for r in parent_runs(client, "FINISHED")}
-    versions_before = model_versions(client)
-    name = "e2e-queued-04"
-
-    repo.dvc("exp", "run", "--queue", "-n", name, "-S", "search.target_flops=0.4")
-    repo.dvc("queue", "start")
-    state = wait_for_queued(repo, name, QUEUE_WAIT_S)
-    if state != "Success":
-        logs = repo.dvc("queue", "logs", name, check=False)
-        pytest.fail(f"queued experiment {name}: {state}\n{logs.describe()}")
-    logs = repo.dvc("queue", "logs", name, check=False).output
-    assert "Stage 'prepare' didn't change, skipping" in logs, logs[-4000:]
-
-    shown = repo.dvc_json("exp", "show", "--json")
-    ratios = {
-        entry["name"]: experiment_metric(entry, "metrics/evaluate.json", "flops_ratio")
-        for entry in walk_experiments(shown)
-    }
-    assert name in ratios and "e2e-flops-03" in ratios, sorted(ratios)
-    assert 0.39 <= ratios[name] <= 0.4
-
-    # The temporary copy in .dvc/tmp/exps logged to the repository's store, not its own.
-    assert not [p for p in repo.root.rglob("mlflow.db") if p != repo.root / "mlflow.db"]
-    new_parents = [
-        r for r in parent_runs(client, "FINISHED") if r.info.run_id not in parents_before
-    ]
-    assert len(new_parents) == 1, [r.info.run_name for r in new_parents]
-    parent = new_parents[0]
-    assert float(parent.data.params["search.target_flops"]) == 0.4
-    children = stage_runs(client, parent.info.run_id)
-    assert [r.data.tags["dvc.stage"] for r in children] == list(STAGES[1:])
-    for run in children:
-        assert run.info.status == "FINISHED"
-        assert run.info.artifact_uri.startswith((repo.root / "mlartifacts").as_uri())
-    assert parent.data.metrics["flops_ratio"] == pytest.approx(ratios[name])
-
-    new_version = max(versions_before) + 1
-    assert model_versions(client) == [*versions_before, new_version]
-    newest = client.get_model_version_by_alias(MODEL_NAME, ALIAS)
-    assert str(newest.version) == str(new_version)
-    assert newest.run_id == children[-1].info.run_id
-    assert 0.39 <= float(newest.tags["flops_ratio"]) <= 0.4
-
-
-def wait_for_queued(repo: E2ERepo, name: str, timeout_s: float) -> str:
-    """Poll ``dvc queue status`` until ``name`` is done; its final state, or why not."""
-    deadline = time.monotonic() + timeout_s
-    pattern = re.compile(rf"^\S+\s+{re.escape(name)}\s+.*?(\w+)\s*$", re.MULTILINE)
-    state = "not listed"
-    while time.monotonic() < deadline:
-        status = repo.dvc("queue", "status", check=False).output
-        match = pattern.search(status)
-        state = match.group(1) if match else "not listed"
-        if state in ("Success", "Failed"):
-            return state
-        time.sleep(3)
-    repo.dvc("queue", "kill", name, check=False, timeout=60)
-    return f"still {state} after {timeout_s} s"
