@@ -116,6 +116,54 @@ def inspect(
         typer.echo(f"  {group:<28} {width:>5} / {dense.widths[group]}")
 
 
+@app.command()
+def reproduce(
+    model: Annotated[str, typer.Option(help="Registered model name.")] = "jst-compact",
+    version: Annotated[str, typer.Option(help="Registered model version.")] = "1",
+    workdir: Annotated[
+        Path | None,
+        typer.Option(help="Empty or new folder for the rebuild (default: a new temporary one)."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the records and the commands only.")
+    ] = False,
+) -> None:
+    """Rebuild a registered model version from its run's records (git clone at the recorded
+    commit, recorded params.yaml, dvc repro) and compare architecture hash and metrics."""
+    import tempfile
+
+    from pipeline import reproduce as rebuild
+    from pipeline import tracking
+    from pipeline.errors import PipelineError
+
+    root = tracking.original_repo_root(Path.cwd().resolve())
+    uri = tracking.resolve_tracking_uri(root)
+    try:
+        tracking.check_tracking_available(uri)
+        recorded = tracking.recorded_model_version(uri, model, version)
+        commit = rebuild.commit_to_rebuild(recorded)
+        if workdir is None and not dry_run:
+            workdir = Path(tempfile.mkdtemp(prefix=f"jst-rebuild-v{recorded.version}-"))
+        target = (workdir or Path("<new temporary folder>")).absolute()
+        typer.echo(
+            f"{model} version {recorded.version}: run {recorded.run_id}, commit {commit}, "
+            f"arch {recorded.tags.get('arch_sha256', '?')}"
+        )
+        for warning in rebuild.environment_warnings(recorded):
+            typer.echo(f"warning: {warning}", err=True)
+        if dry_run:
+            for command in rebuild.rebuild_commands(root, target, commit):
+                typer.echo("$ " + " ".join(command))
+            return
+        outcome = rebuild.rebuild(recorded, root, target, echo=typer.echo)
+    except PipelineError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo("\n".join(rebuild.report(outcome)))
+    if not outcome.reproduced:
+        raise typer.Exit(1)
+
+
 tracking_app = typer.Typer(help="MLflow tracking: spooled calls.", no_args_is_help=True)
 app.add_typer(tracking_app, name="tracking")
 

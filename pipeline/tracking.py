@@ -18,23 +18,19 @@ rest of the library works without it.
 from __future__ import annotations
 
 import functools
-import hashlib
 import http.client
 import json
 import logging
 import math
 import os
-import platform
 import re
-import socket
-import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -538,9 +534,11 @@ class PipelineTracker:
         params: Mapping[str, Any],
         run_name: str,
         spool_dir: Path | None = None,
+        provenance: Mapping[str, Any] | None = None,
     ) -> None:
         self.uri = uri
         self.pipeline_key = pipeline_key
+        self.provenance = provenance  # pipeline.provenance record of a new parent run
         self.spool = Spool(spool_dir, uri, "pipeline") if spool_dir is not None else None
         self._client = _make_client(uri)
         with _unavailable_as_error(uri):
@@ -575,12 +573,18 @@ class PipelineTracker:
         return runs[0].info.run_id if runs else None
 
     def _create_parent(self, run_name: str, params: Mapping[str, Any]) -> str:
+        from pipeline.provenance import RECORD_FILE, record_tags
+
+        record_as_tags = record_tags(self.provenance) if self.provenance else {}
         run = self._client.create_run(
             self.experiment_id,
             run_name=run_name,
-            tags={TAG_PIPELINE_KEY: self.pipeline_key, TAG_KIND: "pipeline"},
+            tags={TAG_PIPELINE_KEY: self.pipeline_key, TAG_KIND: "pipeline", **record_as_tags},
         )
-        self._run(run.info.run_id).log_params(params)
+        parent = self._run(run.info.run_id)
+        parent.log_params(params)
+        if self.provenance:
+            parent.log_dict(self.provenance, RECORD_FILE)
         return run.info.run_id
 
     def _run(self, run_id: str, parent_run_id: str | None = None) -> StageRun:
@@ -702,85 +706,85 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
 # --------------------------------------------------------------------------- reproducibility
 
 
-CODE_PATHS = ("pipeline", "stages", "dvc.yaml", "pyproject.toml", "uv.lock")
+# The records are gathered by pipeline.provenance (no MLflow there); this module logs them and
+# reads them back for `jst reproduce`.
 
 
 def reproducibility_tags(repo_root: Path | str) -> dict[str, str]:
     """Tags that say which code and environment produced a run."""
-    commit = git_commit(repo_root)
-    # Dirty means uncommitted *code*: DVC's own outputs, dvc.lock and the params that
-    # `dvc exp run -S` sets change in every run (and the params are logged in full).
-    status = _git(repo_root, "status", "--porcelain", "--", *CODE_PATHS)
-    tags = {
-        "git.commit": commit or "unknown",
-        "git.dirty": "unknown" if status is None else str(bool(status)).lower(),
-        "mlflow.source.git.commit": commit or "unknown",  # shown by the MLflow UI
-        "version.python": platform.python_version(),
-        "version.torch": _package_version("torch"),
-        "version.mlflow": _package_version("mlflow"),
-        "host.name": socket.gethostname(),
-        "device": _device_name(),
-    }
-    for variable, tag in (
-        ("DVC_EXP_NAME", "dvc.experiment"),
-        ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev"),
-    ):
-        if os.environ.get(variable):
-            tags[tag] = os.environ[variable]
-    return tags
+    from pipeline import provenance
+
+    return provenance.record_tags(provenance.collect(repo_root, {}))
 
 
 def git_commit(repo_root: Path | str) -> str | None:
     """HEAD's sha, or None outside a git repository."""
-    return _git(repo_root, "rev-parse", "HEAD")
+    from pipeline.provenance import git_output
+
+    return git_output(repo_root, "rev-parse", "HEAD")
 
 
-def _git(repo_root: Path | str, *args: str) -> str | None:
-    """The stripped output of a git command, or None outside a git repository."""
-    try:
-        result = subprocess.run(
-            ["git", *args], cwd=repo_root, capture_output=True, text=True, timeout=30, check=True
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip()
+def file_md5(path: Path | str, repo_root: Path | str | None = None) -> str:
+    """The md5 DVC records for a file or directory (see ``pipeline.provenance.dvc_md5``);
+    with ``repo_root``, files its ``.dvcignore`` ignores are skipped, as DVC does."""
+    from pipeline.provenance import dvc_md5, dvcignore
+
+    ignored = dvcignore(repo_root) if repo_root is not None else None
+    return dvc_md5(path, repo_root, ignored)
 
 
-def _package_version(name: str) -> str:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def _device_name() -> str:
-    import torch
-
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-
-
-def file_md5(path: Path | str) -> str:
-    """MD5 of a file, or of a directory: its sorted relative paths and their files' MD5s."""
-    path = Path(path)
-    if path.is_dir():
-        return _directory_md5(path)
-    if not path.is_file():
-        raise ArtifactError(f"Cannot hash {path}: it does not exist.")
-    digest = hashlib.md5()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _directory_md5(directory: Path) -> str:
-    files = {p.relative_to(directory).as_posix(): p for p in directory.rglob("*") if p.is_file()}
-    digest = hashlib.md5()
-    for relative_path in sorted(files):
-        digest.update(f"{relative_path}\0{file_md5(files[relative_path])}\n".encode())
-    return digest.hexdigest()
-
-
-def input_hash_tags(paths: Iterable[Path | str]) -> dict[str, str]:
+def input_hash_tags(
+    paths: Iterable[Path | str], repo_root: Path | str | None = None
+) -> dict[str, str]:
     """``{"input.data/prepared": md5}`` for each input file or directory."""
-    return {f"input.{Path(path).as_posix()}": file_md5(path) for path in paths}
+    return {f"input.{Path(path).as_posix()}": file_md5(path, repo_root) for path in paths}
+
+
+@dataclass(frozen=True)
+class RecordedModelVersion:
+    """A registered model version with what its run recorded (``pipeline.provenance``)."""
+
+    name: str
+    version: str
+    run_id: str
+    tags: dict[str, str]  # the version's
+    run_tags: dict[str, str]
+    metrics: dict[str, float]  # the run's
+    record: dict[str, Any]
+
+
+def recorded_model_version(uri: str, name: str, version: str | int) -> RecordedModelVersion:
+    """Read version ``version`` of ``name`` from the registry at ``uri``, with its run's
+    metrics, tags and provenance record."""
+    from pipeline.provenance import RECORD_FILE
+
+    client = _make_client(uri)
+    try:
+        model_version = client.get_model_version(name, str(version))
+    except Exception as error:
+        if getattr(error, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise PipelineError(
+            f"Model {name!r} has no version {version} in the registry {uri}. List the versions "
+            f"with the MLflow UI or `MlflowClient().search_model_versions(\"name='{name}'\")`."
+        ) from None
+    run = client.get_run(model_version.run_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(model_version.run_id, RECORD_FILE, tmp)
+        except Exception as error:
+            raise PipelineError(
+                f"Run {model_version.run_id} of {name} version {version} has no {RECORD_FILE} "
+                f"artifact ({str(error).splitlines()[0][:200]}): it was logged before runs "
+                "recorded their provenance, so it cannot be rebuilt from records."
+            ) from error
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    return RecordedModelVersion(
+        name,
+        str(model_version.version),
+        model_version.run_id,
+        dict(model_version.tags),
+        dict(run.data.tags),
+        dict(run.data.metrics),
+        record,
+    )

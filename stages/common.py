@@ -130,8 +130,9 @@ def _display_path(path: Path) -> Path:
     return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
 
 
-def pipeline_tracker(cfg: PipelineConfig):
-    """The MLflow tracker of this pipeline execution (``start`` has checked the store)."""
+def pipeline_tracker(cfg: PipelineConfig, provenance: dict | None = None):
+    """The MLflow tracker of this pipeline execution (``start`` has checked the store);
+    ``provenance`` is the record a new parent run gets (``pipeline.provenance``)."""
     from pipeline import tracking
 
     return tracking.PipelineTracker(
@@ -141,22 +142,28 @@ def pipeline_tracker(cfg: PipelineConfig):
         cfg.model_dump(),
         run_name(cfg),
         spool_dir=tracking.spool_directory(ROOT),
+        provenance=provenance,
     )
 
 
 @contextmanager
 def tracked_stage(cfg: PipelineConfig, stage: str, inputs: list[Path]) -> Iterator:
     """A nested MLflow run for this stage under the pipeline execution's parent run."""
-    from pipeline import tracking
+    from pipeline import provenance, tracking
 
     if not distributed.is_main():  # rank 0 alone records the run
         yield NoRun()
         return
-    tracker = pipeline_tracker(cfg)
-    tags = tracking.reproducibility_tags(ROOT)
-    tags |= tracking.input_hash_tags([_display_path(p) for p in inputs if p.exists()])
+    # What a rebuild needs (commit, DVC hashes of the deps as they are now, parameters,
+    # packages, device); the parent run gets the same record without the stage's deps.
+    record = provenance.collect(ROOT, cfg.model_dump(mode="json"), stage)
+    parent_record = record | {"stage": None, "dvc": {"stage": None, "deps": {}}}
+    tracker = pipeline_tracker(cfg, parent_record)
+    tags = provenance.record_tags(record)
+    tags |= tracking.input_hash_tags([_display_path(p) for p in inputs if p.exists()], ROOT)
     tags["dvc.stage"] = stage
     with tracker.stage_run(stage, tags) as run:
+        run.log_dict(record, provenance.RECORD_FILE)
         yield run
 
 

@@ -6,6 +6,7 @@ from pipeline.artifacts import load_compact
 from pipeline.data import load_prepared, normalize
 from pipeline.evaluate import measure_latency, open_session, top_k_accuracy
 from pipeline.export import check_onnx_matches
+from pipeline.provenance import git_state, git_tags
 from pipeline.pruning.flops import count_flops, count_params
 from pipeline.pruning.slicing import build_model, dense_spec
 from stages.common import (
@@ -14,6 +15,7 @@ from stages.common import (
     METRICS_DIR,
     ONNX_MODEL,
     PREPARED_DIR,
+    ROOT,
     run_stage,
     start,
     tracked_stage,
@@ -71,6 +73,7 @@ def main() -> None:
                 "flops_ratio": f"{metrics['flops_ratio']:.4f}",
                 "top1": f"{metrics['top1']:.4f}",
                 "method": cfg.search.method,
+                **git_tags(git_state(ROOT)),  # what `jst reproduce` checks out
             },
             alias=cfg.tracking.alias,
         )

@@ -34,8 +34,8 @@ ALIAS = "newest"
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> E2ERepo:
-    return E2ERepo.create(tmp_path_factory.mktemp("e2e") / "repo")
+def repo(tiny_repo: E2ERepo) -> E2ERepo:
+    return tiny_repo  # shared with test_reproduce.py (tests/e2e/conftest.py)
 
 
 @pytest.fixture(scope="module")
