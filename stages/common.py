@@ -179,7 +179,7 @@ def start(stage: str) -> PipelineConfig:
     from pipeline import tracking
 
     cfg = load_config(PARAMS)
-    if not distributed.is_main():  # rank 0 checks the store
+    if not distributed.is_main():  # rank 0 checks the store and replays the spool
         return cfg
     uri = tracking.resolve_tracking_uri(ROOT)
     tracking.check_tracking_available(uri)
