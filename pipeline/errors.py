@@ -20,3 +20,7 @@ class DataError(PipelineError):
 
 class ArtifactError(PipelineError):
     """A model file (architecture spec, weights, ONNX) is missing, corrupt or mismatched."""
+
+
+class TrainingDiverged(PipelineError):
+    """The loss became NaN or infinite; raised before the bad step is applied."""

@@ -22,7 +22,7 @@ from pipeline import distributed
 from pipeline.atomic import torch_save_atomic
 from pipeline.config import TrainConfig
 from pipeline.data import Augment, BatchLoader, PreparedData, Split
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, TrainingDiverged
 from pipeline.progress import console, epoch_progress
 
 EpochCallback = Callable[[dict], None]
@@ -264,10 +264,15 @@ def _train_steps_sharded(
 
 def _diverged(loss: torch.Tensor, optimizer) -> None:
     lr = optimizer.param_groups[0]["lr"]
-    raise PipelineError(
+    raise TrainingDiverged(
         f"training diverged: the loss became {loss.item()} at learning rate {lr:.4g}; "
         "lower the learning rate (search.lr / finetune.lr)."
     )
+
+
+def diverged_at(where: str, err: TrainingDiverged, kept: str) -> TrainingDiverged:
+    """``err`` with the place it happened and what was kept, for the stage's message."""
+    return TrainingDiverged(f"{where}: {err} {kept}")
 
 
 def endless(loader):
@@ -321,9 +326,13 @@ def train(
         for epoch in range(start, epochs):
             loader.set_epoch(epoch)
             record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
-            record |= train_one_epoch(
-                step_model, loader, optimizer, scheduler, settings, regularizer
-            )
+            try:
+                record |= train_one_epoch(
+                    step_model, loader, optimizer, scheduler, settings, regularizer
+                )
+            except TrainingDiverged as err:
+                kept = _kept_checkpoint(checkpoint, epoch)
+                raise diverged_at(f"{desc} epoch {epoch + 1}/{epochs}", err, kept) from None
             val = evaluate(model, data.val, data, device, max_resident_bytes=limit)
             record |= {f"val_{k}": v for k, v in val.items()}
             history.append(record)
@@ -333,6 +342,12 @@ def train(
                 _save_checkpoint(checkpoint, fingerprint, model, optimizer, scheduler, history)
             advance(record)
     return history
+
+
+def _kept_checkpoint(checkpoint: Path | None, epoch: int) -> str:
+    if checkpoint is None or epoch == 0:
+        return "No checkpoint was written yet."
+    return f"The checkpoint after epoch {epoch} is kept ({checkpoint})."
 
 
 def _save_checkpoint(path: Path, fingerprint, model, optimizer, scheduler, history) -> None:

@@ -23,7 +23,7 @@ from rich.text import Text
 from pipeline import distributed
 from pipeline.atomic import write_text_atomic
 from pipeline.config import PipelineConfig, load_config
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, TrainingDiverged
 from pipeline.progress import console
 
 ROOT = Path.cwd()
@@ -79,6 +79,8 @@ def run_stage(main: Callable[[], None], data_parallel: bool = False) -> None:
             )
         main()
     except PipelineError as err:
+        if isinstance(err, TrainingDiverged):  # name the stage: the loop knows only its part
+            err = f"stage {_module_name(main).rpartition('.')[2]}: {err}"
         # soft_wrap: not re-wrapped at 80 columns in logs, so the message stays greppable.
         # Text, not markup: the message quotes user input ("[/]" in a key would be markup).
         message = Text.assemble(("error:", "bold red"), " ", str(err))

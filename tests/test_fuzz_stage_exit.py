@@ -27,7 +27,7 @@ from PIL import Image
 
 from pipeline.artifacts import save_compact
 from pipeline.data import save_prepared
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, TrainingDiverged
 from pipeline.progress import console
 from pipeline.pruning.slicing import build_model, dense_spec
 from pipeline.pruning.spec import ArchSpec
@@ -263,3 +263,14 @@ def test_run_stage_prints_any_error_message_as_is(message):
     assert exit_.value.code == 1
     if message.isprintable():
         assert message in captured.get()
+
+
+def test_divergence_message_names_the_stage():
+    def main() -> None:
+        raise TrainingDiverged("finetune epoch 2/3: training diverged: the loss became nan")
+
+    main.__module__ = "stages.finetune"
+    with console.capture() as captured, pytest.raises(SystemExit) as exit_:
+        run_stage(main)
+    assert exit_.value.code == 1
+    assert "error: stage finetune: finetune epoch 2/3: training diverged" in captured.get()

@@ -94,3 +94,49 @@ def test_divergence_stops_before_the_bad_step_on_cpu():
     with pytest.raises(PipelineError, match="diverged"):
         train_steps(net, iter([(x, y)]), 1, optimizer, settings())
     assert all(torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+
+
+def test_divergence_names_the_epoch_and_keeps_the_last_good_checkpoint(tmp_path):
+    from pipeline.errors import TrainingDiverged
+    from pipeline.train import train
+    from tests.conftest import synthetic_data
+
+    data, checkpoint = synthetic_data(), tmp_path / "finetune.pt"
+    steps_per_epoch = -(-len(data.train.labels) // 32)
+    calls = []
+
+    def nan_in_second_epoch(model):  # a loss term that blows up after the first epoch
+        calls.append(1)
+        return torch.tensor(float("nan") if len(calls) > steps_per_epoch else 0.0)
+
+    kwargs = dict(epochs=3, lr=0.05, settings=settings(batch_size=32), seed=0, device=CPU)
+    with pytest.raises(TrainingDiverged) as caught:
+        train(
+            tiny_net_for(data),
+            data,
+            **kwargs,
+            regularizer=nan_in_second_epoch,
+            checkpoint=checkpoint,
+            fingerprint="fp",
+            desc="finetune",
+        )
+    message = str(caught.value)
+    assert message.startswith("finetune epoch 2/3: training diverged: the loss became nan")
+    assert "at learning rate" in message and "lower the learning rate" in message
+    assert f"The checkpoint after epoch 1 is kept ({checkpoint})" in message
+    state = torch.load(checkpoint, weights_only=True)
+    assert state["epoch"] == 1 and state["fingerprint"] == "fp"
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def tiny_net_for(data) -> nn.Module:
+    torch.manual_seed(0)
+    channels = data.train.images.shape[1]
+    return nn.Sequential(
+        nn.Conv2d(channels, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, len(data.classes)),
+    )

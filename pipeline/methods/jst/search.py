@@ -20,6 +20,7 @@ from torch.nn import functional as F
 from pipeline import distributed
 from pipeline.atomic import torch_save_atomic
 from pipeline.data import Augment, BatchLoader, PreparedData, Split, stratified_split
+from pipeline.errors import TrainingDiverged
 from pipeline.methods.base import (
     DenseSetup,
     SearchContext,
@@ -37,6 +38,7 @@ from pipeline.pruning.gates import fold_gates_into_bn, gated
 from pipeline.pruning.slicing import build_model, scatter_weights, slice_weights, spec_for_indices
 from pipeline.train import (
     batch_layout,
+    diverged_at,
     endless,
     evaluate,
     gpu_data_limit,
@@ -170,7 +172,11 @@ class JointSearch:
         total = self.schedule.iterations
         with epoch_progress("jst search", total, self.next_iteration - 1) as advance:
             for t in range(self.next_iteration, total + 1):
-                record = self._iteration(t)
+                try:
+                    record = self._iteration(t)
+                except TrainingDiverged as err:
+                    where = f"jst search iteration {t}/{total}"
+                    raise diverged_at(where, err, self._kept_checkpoint(t)) from None
                 self.history.append(record)
                 self.ctx.log_metrics(
                     {
@@ -385,6 +391,11 @@ class JointSearch:
         return SearchResult(spec, sub, self.setup.spec, self.history, summary)
 
     # ------------------------------------------------------------ checkpoint
+    def _kept_checkpoint(self, t: int) -> str:
+        if self.checkpoint is None or t == 1:
+            return "No iteration checkpoint was written yet."
+        return f"The checkpoint after iteration {t - 1} is kept ({self.checkpoint})."
+
     def _save(self) -> None:
         if self.checkpoint is None or not distributed.is_main():
             return

@@ -166,3 +166,37 @@ def test_checkpoint_of_other_parameters_is_not_reused(tmp_path):
     search = JointSearch(other)
     search._resume()
     assert search.next_iteration == 1
+
+
+def test_divergence_names_the_iteration_and_keeps_the_last_checkpoint(tmp_path):
+    from pipeline.errors import TrainingDiverged
+
+    seed_everything(0)
+    ctx = SearchContext(
+        tiny_jst_config(iterations=3), synthetic_data(), torch.device("cpu"), tmp_path
+    )
+    search = JointSearch(ctx)
+    # A learning rate far too high from iteration 3 on: the weights blow up and the loss
+    # becomes inf/NaN a step later.
+    search.schedule = TooHotFrom(3, search.schedule)
+    with pytest.raises(TrainingDiverged) as caught:
+        search.run()
+    message = str(caught.value)
+    assert message.startswith("jst search iteration 3/3: training diverged: the loss became")
+    assert "at learning rate 1e+30" in message
+    assert f"The checkpoint after iteration 2 is kept ({tmp_path / 'jst.pt'})" in message
+    state = torch.load(tmp_path / "jst.pt", weights_only=True)
+    assert state["next_iteration"] == 3 and len(state["history"]) == 2
+
+
+class TooHotFrom:
+    """A JST schedule whose learning rate is absurd from iteration ``t0`` on."""
+
+    def __init__(self, t0, schedule):
+        self.t0, self.schedule = t0, schedule
+
+    def __getattr__(self, name):
+        return getattr(self.schedule, name)
+
+    def learning_rate(self, t):
+        return 1e30 if t >= self.t0 else self.schedule.learning_rate(t)
