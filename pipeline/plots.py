@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
-import matplotlib
 
-matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402
+@functools.cache
+def _pyplot():
+    """matplotlib, imported on the first chart: stages that draw none skip its import."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def kept_widths_chart(dense: dict[str, int], kept: dict[str, int], path: Path, title: str) -> Path:
+    plt = _pyplot()
     names = list(dense)
     height = max(3.0, 0.28 * len(names) + 1.2)
     fig, ax = plt.subplots(figsize=(8, height))
@@ -29,6 +37,7 @@ def kept_widths_chart(dense: dict[str, int], kept: dict[str, int], path: Path, t
 
 
 def curves_chart(history: list[dict], x: str, ys: list[str], path: Path, title: str) -> Path:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for key in ys:
         points = [(r[x], r[key]) for r in history if key in r]

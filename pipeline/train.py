@@ -46,8 +46,19 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    # Deterministic kernels make a CPU run reproducible bit for bit.
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    # Deterministic kernels make a CPU run reproducible bit for bit. This is what
+    # torch.use_deterministic_algorithms does minus setting torch._inductor's flag, whose
+    # import costs seconds in every stage process; `compiled` sets that flag when needed.
+    torch._C._set_deterministic_algorithms(True, warn_only=True)
+
+
+def compiled(model: nn.Module) -> nn.Module:
+    """``torch.compile(model)``, with deterministic kernels if they are switched on."""
+    torch.use_deterministic_algorithms(
+        torch.are_deterministic_algorithms_enabled(),
+        warn_only=torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    return torch.compile(model)
 
 
 def autocast_dtype(settings: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -307,7 +318,7 @@ def train(
     model.to(device)
     loader = make_loader(data, settings, seed, device)
     # A compiled wrapper shares the parameters; state dicts and checkpoints use `model`.
-    step_model = torch.compile(model) if settings.compile else model
+    step_model = compiled(model) if settings.compile else model
     optimizer = make_optimizer(model, lr, settings)
     scheduler = cosine_lr(optimizer, epochs * len(loader))
     history: list[dict] = []

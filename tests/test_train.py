@@ -140,3 +140,25 @@ def tiny_net_for(data) -> nn.Module:
         nn.Flatten(),
         nn.Linear(8, len(data.classes)),
     )
+
+
+def test_stage_processes_skip_the_seconds_long_imports():
+    """Every stage is its own process: seeding and the model registry must not import
+    torch._inductor / torch._dynamo (via use_deterministic_algorithms) or torchvision."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "import stages.search, stages.finetune, stages.export, stages.evaluate\n"
+        "from pipeline.models import available_models\n"
+        "from pipeline.train import seed_everything\n"
+        "seed_everything(0)\n"
+        "assert torch.are_deterministic_algorithms_enabled()\n"
+        "assert torch.is_deterministic_algorithms_warn_only_enabled()\n"
+        "heavy = [m for m in ('torch._inductor', 'torch._dynamo', 'torchvision', 'matplotlib')"
+        " if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]

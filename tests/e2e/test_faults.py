@@ -23,9 +23,10 @@ from tests.e2e.e2e_repo import E2ERepo, normalized
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
-EPOCHS = 3
-# (stage, epochs it must have checkpointed before the kill): three kills, two stages.
-KILLS = (("search", 1), ("search", 2), ("finetune", 1))
+EPOCHS = 5
+# Three kills in two stages, each once the stage has checkpointed one more epoch than it
+# resumed from (a seeded delay of up to 0.3 s then lets it get further into the next).
+KILLS = ("search", "search", "finetune")
 
 
 def checkpointed_epochs(repo: E2ERepo, stage: str) -> int:
@@ -40,10 +41,11 @@ def checkpointed_epochs(repo: E2ERepo, stage: str) -> int:
     return epochs
 
 
-def repro_killed_after(repo: E2ERepo, stage: str, epochs: int, delay: float) -> str:
+def repro_killed_after(repo: E2ERepo, stage: str, epochs: int, delay: float) -> tuple[str, int]:
     """Start `dvc repro`, SIGKILL its process group ``delay`` s after ``stage`` has
-    checkpointed ``epochs`` epochs; returns what it printed."""
-    log = repo.root.parent / f"repro-{stage}-{epochs}.log"
+    checkpointed ``epochs`` epochs; returns what it printed and the epochs the stage's
+    checkpoint held when it died (the delay may let it finish another one)."""
+    log = repo.root.parent / f"repro-{stage}-{epochs}-{time.monotonic_ns()}.log"
     with log.open("w") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "dvc", "repro"],
@@ -58,12 +60,12 @@ def repro_killed_after(repo: E2ERepo, stage: str, epochs: int, delay: float) -> 
             while checkpointed_epochs(repo, stage) < epochs:
                 assert process.poll() is None, f"dvc repro ended early:\n{log.read_text()[-4000:]}"
                 assert time.monotonic() < deadline, f"no checkpoint:\n{log.read_text()[-4000:]}"
-                time.sleep(0.1)
+                time.sleep(0.05)
             time.sleep(delay)
         finally:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-    return log.read_text()
+    return log.read_text(), checkpointed_epochs(repo, stage)
 
 
 def assert_outputs_complete_or_absent(repo: E2ERepo) -> None:
@@ -83,16 +85,20 @@ def test_sigkilled_repro_resumes_and_finishes(tmp_path: Path) -> None:
     repo.commit("three epochs per stage")
 
     rng = random.Random(0)
-    outputs = []
-    for stage, epochs in KILLS:
-        outputs.append(repro_killed_after(repo, stage, epochs, delay=rng.uniform(0.0, 0.5)))
+    outputs, held = [], []
+    for stage in KILLS:
+        epochs = checkpointed_epochs(repo, stage) + 1
+        text, at_kill = repro_killed_after(repo, stage, epochs, delay=rng.uniform(0.0, 0.3))
+        assert epochs <= at_kill < EPOCHS, f"{stage} was not killed mid-stage:\n{text}"
+        outputs.append(text)
+        held.append(at_kill)
         assert_outputs_complete_or_absent(repo)
 
     final = repo.dvc("repro", timeout=420)
     # Each run after a kill picked up the stage's checkpoint instead of starting over.
     after_kills = [*outputs[1:], final.output]
-    for (stage, epochs), text in zip(KILLS, after_kills, strict=True):
-        expected = f"resuming after epoch {epochs}/{EPOCHS}"
+    for stage, at_kill, text in zip(KILLS, held, after_kills, strict=True):
+        expected = f"resuming after epoch {at_kill}/{EPOCHS}"
         assert expected in normalized(text), f"{stage} did not resume:\n{text}"
 
     status = repo.dvc("status").output

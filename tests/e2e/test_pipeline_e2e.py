@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import mlflow
 import onnx
 import pytest
 from mlflow import MlflowClient
@@ -232,6 +233,11 @@ def test_experiment_reruns_from_search_and_registers_a_new_version(
         [r for r in stage_runs(client) if r.data.tags["dvc.stage"] == "prepare"]
     )
     versions_before = model_versions(client)
+    earlier = {
+        path: file_md5(repo.root / path)
+        for path in ("models/compact/weights.safetensors", "models/searched/weights.safetensors")
+    }
+    earlier_arch = repo.metrics("search")["arch_sha256"]
 
     result = repo.dvc(
         "exp",
@@ -294,6 +300,21 @@ def test_experiment_reruns_from_search_and_registers_a_new_version(
     assert str(newest.version) == str(new_version)
     assert newest.tags["arch_sha256"] == repo.metrics("search")["arch_sha256"]
     assert float(newest.tags["flops_ratio"]) <= 0.3
+
+    # The earlier model is not lost: DVC's cache keeps its files, the registry its version.
+    for path, md5 in earlier.items():
+        assert file_md5(repo.root / path) != md5, path  # the workspace holds the new model
+        assert (repo.root / ".dvc/cache/files/md5" / md5[:2] / md5[2:]).is_file(), path
+    previous = client.get_model_version(MODEL_NAME, str(max(versions_before)))
+    assert previous.tags["arch_sha256"] == earlier_arch
+    folder = Path(
+        mlflow.artifacts.download_artifacts(
+            client.get_model_version_download_uri(MODEL_NAME, previous.version)
+        )
+    )
+    (onnx_file,) = folder.rglob("*.onnx")
+    metadata = {p.key: p.value for p in onnx.load(onnx_file).metadata_props}
+    assert metadata["arch_sha256"] == earlier_arch
 
 
 # --------------------------------------------------------------------------- 4. bad input
