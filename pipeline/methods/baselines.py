@@ -31,13 +31,23 @@ from pipeline.pruning.slicing import build_model
 
 @register_method("scratch")
 def scratch(ctx: SearchContext) -> SearchResult:
-    setup = dense_setup(ctx)
     s = ctx.config.search
+    setup = dense_setup(ctx)
     widths = uniform_budget_widths(setup.flops, setup.groups, s.target_flops, s.k_min, s.round_to)
-    spec = replace(setup.spec, widths=widths)
+    return train_from_scratch(ctx, widths)
+
+
+def train_from_scratch(
+    ctx: SearchContext, widths: dict[str, int], name: str = "scratch"
+) -> SearchResult:
+    """Build ``widths`` freshly initialised and train them for search.epochs. ``scratch``
+    uses it with uniform widths; benchmarks use it to retrain a found architecture, which
+    separates how good an architecture is from how well a search trained its weights."""
+    setup = dense_setup(ctx)
+    spec = replace(setup.spec, widths=dict(widths))
     torch.manual_seed(ctx.config.seed)
     model = build_model(spec).to(ctx.device)
-    history = train_phase(ctx, model, "scratch", setup.flops.ratio(widths))
+    history = train_phase(ctx, model, name, setup.flops.ratio(spec.widths))
     return SearchResult(spec, model, setup.spec, history, budget_summary(setup, spec))
 
 

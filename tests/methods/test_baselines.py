@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from pipeline.methods import SearchContext, available_methods, get_method
+from pipeline.methods.baselines import train_from_scratch
 from pipeline.pruning.flops import count_flops
 from pipeline.pruning.slicing import build_model
 from pipeline.train import evaluate, seed_everything
@@ -56,3 +57,17 @@ def test_scratch_is_deterministic(tiny_data):
         result = get_method("scratch")(SearchContext(cfg, tiny_data, torch.device("cpu")))
         outputs.append(result.model(tiny_data.val.images.float()[:4]).detach())
     torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
+
+
+def test_train_from_scratch_builds_the_given_widths_and_trains_them(tiny_data):
+    cfg = tiny_config(search={"method": "scratch"}, model={"arch": "resnet20"})
+    ctx = SearchContext(cfg, tiny_data, torch.device("cpu"))
+    dense = get_method("scratch")(ctx).dense_spec
+    widths = {g: max(1, w // 2) for g, w in dense.widths.items()}
+    widths[next(iter(widths))] = dense.widths[next(iter(widths))]  # not uniform
+    seed_everything(0)
+    result = train_from_scratch(ctx, widths, name="retrain")
+    assert result.spec.widths == widths
+    assert build_model(result.spec).state_dict().keys() == result.model.state_dict().keys()
+    assert len(result.history) == cfg.search.epochs
+    assert result.summary["flops_ratio"] < 1
