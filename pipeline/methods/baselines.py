@@ -16,6 +16,7 @@ from dataclasses import replace
 import torch
 
 from pipeline.methods.base import (
+    DenseSetup,
     SearchContext,
     SearchResult,
     budget_summary,
@@ -31,19 +32,23 @@ from pipeline.pruning.slicing import build_model
 
 @register_method("scratch")
 def scratch(ctx: SearchContext) -> SearchResult:
-    s = ctx.config.search
     setup = dense_setup(ctx)
+    s = ctx.config.search
     widths = uniform_budget_widths(setup.flops, setup.groups, s.target_flops, s.k_min, s.round_to)
-    return train_from_scratch(ctx, widths)
+    return train_from_scratch(ctx, widths, setup=setup)
 
 
 def train_from_scratch(
-    ctx: SearchContext, widths: dict[str, int], name: str = "scratch"
+    ctx: SearchContext,
+    widths: dict[str, int],
+    name: str = "scratch",
+    *,
+    setup: DenseSetup | None = None,
 ) -> SearchResult:
     """Build ``widths`` freshly initialised and train them for search.epochs. ``scratch``
     uses it with uniform widths; benchmarks use it to retrain a found architecture, which
     separates how good an architecture is from how well a search trained its weights."""
-    setup = dense_setup(ctx)
+    setup = setup or dense_setup(ctx)
     spec = replace(setup.spec, widths=dict(widths))
     torch.manual_seed(ctx.config.seed)
     model = build_model(spec).to(ctx.device)
