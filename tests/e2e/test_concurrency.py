@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from pipeline.provenance import RECORD_FILE
 from tests.e2e.e2e_repo import (
     STAGES,
     E2ERepo,
@@ -260,13 +261,17 @@ class MlflowServer:
     def log(self) -> str:
         return (self.directory / "server.log").read_text()[-4000:]
 
-    def count_runs_of_stage(self, stage: str) -> int:
+    def stage_run_ids(self, stage: str) -> set[str]:
         """Read straight from the server's database (the server may be busy or dead)."""
         with sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=5) as db:
-            row = db.execute(
-                "SELECT count(*) FROM tags WHERE key = 'jst.stage' AND value = ?", (stage,)
-            ).fetchone()
-        return row[0]
+            rows = db.execute(
+                "SELECT run_uuid FROM tags WHERE key = 'jst.stage' AND value = ?", (stage,)
+            ).fetchall()
+        return {row[0] for row in rows}
+
+    def has_artifact(self, run_id: str, name: str) -> bool:
+        """Whether the server stored artifact ``name`` of ``run_id`` (served artifacts)."""
+        return any(run_id in path.parts for path in (self.directory / "artifacts").rglob(name))
 
 
 @pytest.fixture(scope="module")
@@ -355,7 +360,7 @@ def test_two_pipelines_log_to_one_server_at_the_same_time(server_repos, server_c
 def test_server_killed_mid_stage_spools_and_replays(server, server_repos, server_client):
     repo, first = server_repos[0]
     assert first.returncode == 0, first.describe()
-    evaluate_runs = server.count_runs_of_stage("evaluate")
+    evaluate_runs = server.stage_run_ids("evaluate")
     # More latency repeats: only evaluate reruns, and it is still measuring when killed.
     params = repo.read_params()
     params["evaluate"]["repeats"] = 1500
@@ -363,7 +368,14 @@ def test_server_killed_mid_stage_spools_and_replays(server, server_repos, server
 
     process = start_repro(repo)
     deadline = time.monotonic() + 480
-    while server.count_runs_of_stage("evaluate") == evaluate_runs:
+    # Kill once the stage surely holds its run: the provenance record it logs right after
+    # creating the run is on the server. A kill as soon as the run's row exists can lose the
+    # reply to the create call itself, and a stage that never learned its run id stops with
+    # a clear error by design (nothing to spool to yet), which is not what this test is for.
+    while not any(
+        server.has_artifact(run_id, RECORD_FILE)
+        for run_id in server.stage_run_ids("evaluate") - evaluate_runs
+    ):
         assert process.poll() is None, finish(process).describe()
         assert time.monotonic() < deadline, "the evaluate stage never opened its run"
         time.sleep(0.05)
