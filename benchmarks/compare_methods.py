@@ -48,12 +48,13 @@ VARIANTS = {  # name -> (method, overrides of search.jst)
     "jst-no-thresholding": ("jst", {"thresholding": False}),
     "jst-neither": ("jst", {"perturbation": False, "thresholding": False}),
 }
-# Not methods but diagnostics, run only when named in --variants (at the ablation budgets).
+# Not methods but diagnostics (name -> the variant whose architecture they retrain), run
+# only when named in --variants (at the ablation budgets).
 DIAGNOSTICS = {
     # JST's architecture (default knobs, same seed) freshly initialised and trained as
     # `scratch` trains its uniform widths: is a gap to the baselines in the architecture
     # or in the weights the search trained? Costs the search's epochs on top (not equal).
-    "jst-arch-from-scratch",
+    "jst-arch-from-scratch": "jst",
 }
 
 
@@ -93,7 +94,7 @@ def parse_args() -> argparse.Namespace:
     args = p.parse_args()
     for name, overrides in args.jst_variant:
         VARIANTS[name] = ("jst", json.loads(overrides))
-    unknown = sorted(set(args.variants) - set(VARIANTS) - DIAGNOSTICS)
+    unknown = sorted(set(args.variants) - set(VARIANTS) - set(DIAGNOSTICS))
     if unknown:
         p.error(f"unknown --variants {unknown}; define them with --jst-variant NAME JSON")
     return args
@@ -134,7 +135,7 @@ def latency_ms(model, input_shape, samples) -> float:
 
 
 def run_one(args, variant: str, budget: float, seed: int) -> dict:
-    method, overrides = VARIANTS.get(variant, ("jst", {}))
+    method, overrides = VARIANTS[DIAGNOSTICS.get(variant, variant)]
     cfg = config_for(args, method, budget, seed, overrides)
     data = load_dataset(
         args.dataset,
@@ -150,10 +151,10 @@ def run_one(args, variant: str, budget: float, seed: int) -> dict:
     start = time.perf_counter()
     result = get_method(method)(SearchContext(cfg, data, device))
     epochs = cfg.search.epochs + cfg.finetune.epochs
-    if variant == "jst-arch-from-scratch":
+    if variant in DIAGNOSTICS:
         seed_everything(seed)
         ctx = SearchContext(cfg, data, device)
-        result = train_from_scratch(ctx, result.spec.widths, name="jst_arch_from_scratch")
+        result = train_from_scratch(ctx, result.spec.widths, name=variant.replace("-", "_"))
         epochs += cfg.search.epochs
     search_s = time.perf_counter() - start
     model = result.model.to(device)
@@ -194,8 +195,9 @@ def run_one(args, variant: str, budget: float, seed: int) -> dict:
 def planned_runs(args):
     for budget in args.budgets:
         for variant in args.variants:
-            jst_variant = variant != "jst" and VARIANTS.get(variant, ("jst",))[0] == "jst"
-            ablation = variant in DIAGNOSTICS or jst_variant
+            ablation = variant in DIAGNOSTICS or (
+                variant != "jst" and VARIANTS[variant][0] == "jst"
+            )
             if ablation and budget not in args.ablation_budgets:
                 continue
             for seed in args.seeds:

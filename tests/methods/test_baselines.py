@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from pipeline.methods import SearchContext, available_methods, get_method
+from pipeline.methods.base import dense_setup
 from pipeline.methods.baselines import train_from_scratch
 from pipeline.pruning.flops import count_flops
 from pipeline.pruning.slicing import build_model
@@ -62,7 +63,7 @@ def test_scratch_is_deterministic(tiny_data):
 def test_train_from_scratch_builds_the_given_widths_and_trains_them(tiny_data):
     cfg = tiny_config(search={"method": "scratch"}, model={"arch": "resnet20"})
     ctx = SearchContext(cfg, tiny_data, torch.device("cpu"))
-    dense = get_method("scratch")(ctx).dense_spec
+    dense = dense_setup(ctx).spec
     widths = {g: max(1, w // 2) for g, w in dense.widths.items()}
     widths[next(iter(widths))] = dense.widths[next(iter(widths))]  # not uniform
     seed_everything(0)
