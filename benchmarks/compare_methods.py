@@ -18,6 +18,7 @@ written from it.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import platform
 import statistics
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from search_cost import shipped_jst_knobs
 
 from pipeline.config import parse_config
 from pipeline.data import load_dataset, normalize
@@ -38,15 +40,16 @@ from pipeline.pruning.slicing import build_model
 from pipeline.train import evaluate, resolve_device, seed_everything, train
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = {  # name -> (method, overrides of search.jst)
+VARIANTS = {  # name -> (method, overrides of search.jst); the jst-no-* are ablations
     "jst": ("jst", {}),
     "scratch": ("scratch", {}),
     "l1": ("l1", {}),
     "slimming": ("slimming", {}),
     "random": ("random", {}),
+    "jst-no-freeze": ("jst", {"freeze_fraction": 0.0}),
+    "jst-no-gates": ("jst", {"alpha_lr": 0.0}),
     "jst-no-perturbation": ("jst", {"perturbation": False}),
     "jst-no-thresholding": ("jst", {"thresholding": False}),
-    "jst-neither": ("jst", {"perturbation": False, "thresholding": False}),
 }
 # Not methods but diagnostics (name -> the variant whose architecture they retrain), run
 # only when named in --variants (at the ablation budgets).
@@ -73,7 +76,7 @@ def parse_args() -> argparse.Namespace:
         help="budgets at which the jst-* ablations run",
     )
     p.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.3])
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--search-epochs", type=int, default=12)
     p.add_argument("--finetune-epochs", type=int, default=6)
     p.add_argument("--finetune-lr", type=float, default=0.02)
@@ -116,7 +119,7 @@ def config_for(args, method: str, budget: float, seed: int, jst_overrides: dict)
                 "epochs": args.search_epochs,
                 "lr": 0.1,
                 "round_to": args.round_to,
-                "jst": {"iterations": 12, "warmup_epochs": 2, **jst_overrides},
+                "jst": {**shipped_jst_knobs(), **jst_overrides},
             },
             "finetune": {"epochs": args.finetune_epochs, "lr": args.finetune_lr},
         }
@@ -172,6 +175,7 @@ def run_one(args, variant: str, budget: float, seed: int) -> dict:
     dense_flops = count_flops(build_model(result.dense_spec), data.input_shape)
     samples = normalize(data.test.images[:16], data.mean, data.std)
     return {
+        "arch": args.arch,
         "variant": variant,
         "method": method,
         "budget": budget,
@@ -183,6 +187,7 @@ def run_one(args, variant: str, budget: float, seed: int) -> dict:
         "latency_b64_ms": latency_ms(model, data.input_shape, samples),
         "search_s": search_s,
         "wall_s": wall_s,
+        "train_gmacs": training_gmacs(variant, method, cfg, result, data, dense_flops),
         "arch_sha256": result.spec.sha256,
         "widths": dict(sorted(result.spec.widths.items())),
         "search_epochs": cfg.search.epochs,
@@ -190,6 +195,37 @@ def run_one(args, variant: str, budget: float, seed: int) -> dict:
         "finetune_lr": cfg.finetune.lr,
         "total_epochs": epochs,
     }
+
+
+def training_gmacs(variant, method, cfg, result, data, dense_flops: int) -> float:
+    """Multiply-accumulates spent training, forward + backward (3x forward), to produce
+    the compact model: epochs x training images x FLOPs of the network trained then.
+    JST's candidate scoring and BN re-estimation (forward passes over a few batches)
+    are left out; they are in its wall time."""
+    compact = result.summary["flops"]
+    if method == "jst":
+        warmup = cfg.search.jst.warmup_epochs * dense_flops
+        search = sum(h["epochs"] * h["flops_ratio"] * dense_flops for h in result.history)
+        search += warmup
+    elif method == "scratch":
+        search = cfg.search.epochs * compact
+    else:  # dense pre-training, then pruning
+        search = cfg.search.epochs * dense_flops
+    if variant in DIAGNOSTICS:
+        search += cfg.search.epochs * compact
+    epochs_macs = search + cfg.finetune.epochs * compact
+    return 3 * len(data.train.labels) * epochs_macs / 1e9
+
+
+def run_key(record: dict) -> tuple:
+    return (
+        record.get("arch", "resnet20"),
+        record["variant"],
+        record["budget"],
+        record["seed"],
+        record.get("search_epochs", 12),
+        record.get("finetune_epochs", 6),
+    )
 
 
 def planned_runs(args):
@@ -207,19 +243,39 @@ def planned_runs(args):
 def main() -> None:
     args = parse_args()
     results_path = Path(args.results)
-    store = json.loads(results_path.read_text()) if results_path.exists() else {"runs": []}
-    done = {(r["variant"], r["budget"], r["seed"]) for r in store["runs"]}
+    store = load_store(results_path)
     if not args.report_only:
-        store["setup"] = {k: v for k, v in vars(args).items() if k not in ("report_only",)}
-        store["machine"] = machine()
-        for key in planned_runs(args):
-            if key in done:
+        for variant, budget, seed in planned_runs(args):
+            key = (args.arch, variant, budget, seed, args.search_epochs, args.finetune_epochs)
+            if key in {run_key(r) for r in load_store(results_path)["runs"]}:
                 continue
             print(f"== {key}", flush=True)
-            store["runs"].append(run_one(args, *key))
-            results_path.parent.mkdir(parents=True, exist_ok=True)
-            results_path.write_text(json.dumps(store, indent=2) + "\n")
+            record = run_one(args, variant, budget, seed)
+            store = add_record(results_path, record, args)
     write_report(store, Path(args.report))
+
+
+def load_store(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {"runs": []}
+
+
+def add_record(path: Path, record: dict, args) -> dict:
+    """Append under a lock, re-reading the file: several benchmark processes (other
+    models, schedules or seeds) may share one results file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        store = load_store(path)
+        store["runs"] = [r for r in store["runs"] if run_key(r) != run_key(record)] + [record]
+        setup = {k: v for k, v in vars(args).items() if k not in ("report_only",)}
+        store.setdefault("setups", {})[
+            f"{args.arch}:{args.search_epochs}+{args.finetune_epochs}"
+        ] = setup
+        store["machine"] = machine()
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(store, indent=2) + "\n")
+        tmp.replace(path)
+    return store
 
 
 def machine() -> dict:
@@ -233,43 +289,94 @@ def machine() -> dict:
 
 
 def _mean_std(values):
+    values = list(values)
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def write_report(store: dict, path: Path) -> None:
-    rows = {}
+BASELINES = ("scratch", "l1", "slimming", "random")
+
+
+def cells(store: dict) -> dict:
+    """Runs grouped by cell (model, search epochs, fine-tuning epochs), then by
+    (budget, variant)."""
+    grouped: dict = {}
     for r in store["runs"]:
-        rows.setdefault((r["budget"], r["variant"]), []).append(r)
+        arch, variant, budget, _, search, finetune = run_key(r)
+        grouped.setdefault((arch, search, finetune), {}).setdefault((budget, variant), []).append(r)
+    return grouped
+
+
+def method_table(rows: dict) -> list[str]:
     order = list(VARIANTS)
     lines = [
         "| budget | method | test top-1 (mean ± std) | val top-1 | FLOPs ratio | params "
-        "| latency b64 (ms) | wall time (s) | seeds |",
+        "| training cost (GMACs) | wall time (s) | seeds |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for (budget, variant), runs in sorted(
         rows.items(), key=lambda kv: (-kv[0][0], _rank(order, kv[0][1]))
     ):
-        top1, std = _mean_std([r["test_top1"] for r in runs])
-        val, _ = _mean_std([r["val_top1"] for r in runs])
+        top1, std = _mean_std(r["test_top1"] for r in runs)
+        val, _ = _mean_std(r["val_top1"] for r in runs)
+        costs = [r["train_gmacs"] for r in runs if "train_gmacs" in r]
+        cost = f"{statistics.fmean(costs):.0f}" if costs else "–"
         lines.append(
             f"| {budget} | {variant} | {100 * top1:.2f} ± {100 * std:.2f} | {100 * val:.2f} "
             f"| {statistics.fmean(r['flops_ratio'] for r in runs):.3f} "
-            f"| {statistics.fmean(r['params'] for r in runs) / 1e3:.1f} k "
-            f"| {statistics.fmean(r['latency_b64_ms'] for r in runs):.2f} "
+            f"| {statistics.fmean(r['params'] for r in runs) / 1e3:.1f} k | {cost} "
             f"| {statistics.fmean(r['wall_s'] for r in runs):.0f} | {len(runs)} |"
         )
-    setup = store.get("setup", {})
-    text = "\n".join(lines)
+    return lines
+
+
+def paired_differences(rows: dict) -> list[str]:
+    """JST minus the best baseline (highest mean test top-1 over the seeds both ran), per
+    seed: the seed fixes the data split, so the pairs share their test images."""
+    lines = [
+        "| budget | best baseline | JST − best baseline, per seed (points) | mean ± std |",
+        "|---|---|---|---|",
+    ]
+    for budget in sorted({b for b, _ in rows}, reverse=True):
+        jst = {r["seed"]: r["test_top1"] for r in rows.get((budget, "jst"), [])}
+        candidates = []
+        for name in BASELINES:
+            runs = {r["seed"]: r["test_top1"] for r in rows.get((budget, name), [])}
+            seeds = sorted(set(runs) & set(jst))
+            if seeds:
+                candidates.append((statistics.fmean(runs[s] for s in seeds), name, runs, seeds))
+        if not candidates:
+            continue
+        _, name, runs, seeds = max(candidates)
+        diffs = [100 * (jst[s] - runs[s]) for s in seeds]
+        per_seed = ", ".join(f"seed {s}: {d:+.2f}" for s, d in zip(seeds, diffs, strict=True))
+        mean, std = _mean_std(diffs)
+        lines.append(f"| {budget} | {name} | {per_seed} | {mean:+.2f} ± {std:.2f} |")
+    return lines
+
+
+def write_report(store: dict, path: Path) -> None:
+    sections = []
     path.parent.mkdir(parents=True, exist_ok=True)
-    plot = pareto_plot(rows, path.with_name("comparison_pareto.png"))
+    for (arch, search, finetune), rows in sorted(cells(store).items()):
+        plot = pareto_plot(rows, path.with_name(f"comparison_{arch}_{search}+{finetune}.png"))
+        sections.append(
+            f"## {arch}, {search} search + {finetune} fine-tuning epochs\n\n"
+            + "\n".join(method_table(rows))
+            + "\n\nPaired by seed:\n\n"
+            + "\n".join(paired_differences(rows))
+            + f"\n\n{diagnostic_notes(rows)}![Pareto]({plot.name})\n"
+        )
+    text = "\n".join(sections)
     path.write_text(
         "# JST vs baselines\n\n"
-        f"Data: `{setup.get('data')}` ({setup.get('image_size')} px), model {setup.get('arch')}, "
-        f"{setup.get('search_epochs')} search + {setup.get('finetune_epochs')} fine-tuning epochs "
-        f"for every method, round_to={setup.get('round_to')}; machine: {describe(store)}.\n\n"
-        "Command: `uv run python benchmarks/compare_methods.py` "
-        "(results: `benchmarks/results/compare_methods.json`).\n\n"
-        f"{text}\n\n{diagnostic_notes(rows)}![Pareto]({plot.name})\n"
+        "Every method gets the same total epochs in a cell (search or pre-training, then "
+        "fine-tuning). Data: `../shared/datasets/cifar10-dev` (32 px), split 70/10/20 by "
+        "seed; decisions on validation only, test reported. Training cost: "
+        "multiply-accumulates of the training steps (forward + backward) that produce the "
+        f"compact model. Machine: {describe(store)}.\n\n"
+        "Command: `uv run python benchmarks/compare_methods.py` (add `--arch`, "
+        "`--search-epochs`, `--finetune-epochs` for the other cells; results: "
+        "`benchmarks/results/compare_methods.json`).\n\n" + text
     )
     print(text)
 

@@ -23,18 +23,17 @@ queue() {  # queue NAME OVERRIDES...
   uv run dvc exp run --queue -n "$name" "${common[@]}" "$@"
 }
 
-for seed in 0 1; do
+for seed in 0 1 2; do
   for budget in 0.5 0.3; do
     for method in jst scratch l1 slimming random; do
       queue "${method}-b${budget}-s${seed}" -S "seed=${seed}" -S "search.method=${method}" \
         -S "search.target_flops=${budget}"
     done
   done
-  queue "jst-no-perturbation-b0.3-s${seed}" -S "seed=${seed}" -S search.method=jst \
-    -S search.target_flops=0.3 -S search.jst.perturbation=false
-  queue "jst-no-thresholding-b0.3-s${seed}" -S "seed=${seed}" -S search.method=jst \
-    -S search.target_flops=0.3 -S search.jst.thresholding=false
-  queue "jst-neither-b0.3-s${seed}" -S "seed=${seed}" -S search.method=jst \
-    -S search.target_flops=0.3 -S search.jst.perturbation=false -S search.jst.thresholding=false
+  # ablations of JST, one mechanism off at a time (as benchmarks/compare_methods.py)
+  for ablation in freeze_fraction=0.0 alpha_lr=0.0 perturbation=false thresholding=false; do
+    queue "jst-${ablation%%=*}-off-b0.3-s${seed}" -S "seed=${seed}" -S search.method=jst \
+      -S search.target_flops=0.3 -S "search.jst.${ablation}"
+  done
 done
 uv run dvc queue status

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from pipeline.config import PipelineConfig, parse_config
 from pipeline.data import PreparedData, load_dataset
@@ -34,7 +35,7 @@ def main() -> None:
     p.add_argument("--data", default=str(ROOT.parent / "shared/datasets/cifar10-dev"))
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--arch", default="resnet20")
-    p.add_argument("--epochs", type=float, default=8, help="search.epochs of the JST run")
+    p.add_argument("--epochs", type=float, default=12, help="search.epochs of the JST run")
     p.add_argument("--dense-epochs", type=int, default=3)
     p.add_argument("--target", type=float, default=0.5)
     p.add_argument("--device", default="auto")
@@ -75,15 +76,26 @@ def main() -> None:
     print(json.dumps(record, indent=2))
 
 
+def shipped_jst_knobs() -> dict:
+    """search.jst of params.yaml: benchmarks measure the JST that ships."""
+    return yaml.safe_load((ROOT / "params.yaml").read_text())["search"]["jst"]
+
+
 def search_config(
     arch: str,
     target: float,
     epochs: float,
     train: dict,
-    iterations: int = 6,
-    warmup_epochs: float = 1,
+    iterations: int | None = None,
+    warmup_epochs: float | None = None,
 ) -> PipelineConfig:
-    """A JST search of ``epochs`` training epochs; ``train`` overrides the train section."""
+    """A JST search of ``epochs`` training epochs with the shipped knobs (``iterations``
+    and ``warmup_epochs`` override theirs); ``train`` overrides the train section."""
+    jst = shipped_jst_knobs()
+    if iterations is not None:
+        jst["iterations"] = iterations
+    if warmup_epochs is not None:
+        jst["warmup_epochs"] = warmup_epochs
     return parse_config(
         {
             "model": {"arch": arch},
@@ -93,7 +105,7 @@ def search_config(
                 "target_flops": target,
                 "epochs": epochs,
                 "round_to": 8,
-                "jst": {"iterations": iterations, "warmup_epochs": warmup_epochs},
+                "jst": jst,
             },
         }
     )

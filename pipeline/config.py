@@ -109,14 +109,16 @@ class SlimmingConfig(_Section):
 class JstConfig(_Section):
     """Knobs of joint search-and-training (docs/method.md). Epochs come from search.epochs:
     ``warmup_epochs`` of dense training, the rest spread over the iterations, decaying
-    coarse -> fine by ``epoch_decay`` (E_K / E_1); the learning rate goes from search.lr
-    to search.lr * ``lr_decay`` along a cosine."""
+    coarse -> fine by ``epoch_decay`` (E_K / E_1); one cosine takes the learning rate from
+    search.lr to search.lr * ``lr_decay`` over all of them, warm-up included. The last
+    ``freeze_fraction`` of the iterations train one fixed architecture, continuously."""
 
     iterations: int = Field(12, ge=1, le=100000)
     warmup_epochs: float = Field(2.0, ge=0, le=10000)
     epoch_decay: float = Field(0.5, gt=0, le=1)
     lr_decay: float = Field(0.1, gt=0, le=1)
     anneal_fraction: float = Field(0.5, ge=0, le=1)
+    freeze_fraction: float = Field(0.5, ge=0, lt=1)
     candidates: int = Field(4, ge=1, le=1024)
     perturbation: bool = True
     sigma_start: float = Field(1.0, ge=0, le=100)
@@ -129,12 +131,10 @@ class JstConfig(_Section):
     tau_min: float = Field(0.05, gt=0, le=1)
     policy_lr: float = Field(0.01, gt=0, le=10)
     budget_penalty: float = Field(2.0, ge=0, le=1000)
-    alpha_lr: float = Field(0.2, gt=0, le=100)
-    alpha_steps: int = Field(20, ge=0, le=100000)
-    # Gate updates fit a few hundred numbers: small batches suffice and keep them cheap.
-    alpha_batch_size: int | None = Field(None, ge=1, le=1_000_000)  # None: train.batch_size
+    # Gates are learned with the weights (Adam); 0 leaves them at 1 (alpha = 0).
+    alpha_lr: float = Field(0.01, ge=0, le=100)
+    alpha_max: float = Field(3.0, gt=0, le=50)  # |alpha| bound: gates stay trainable
     polarisation: float = Field(0.01, ge=0, le=100)
-    val_fraction: float = Field(0.1, gt=0, lt=1)
     score_batches: int = Field(2, ge=1, le=100000)
     recalibrate_batches: int = Field(2, ge=0, le=100000)
 

@@ -286,6 +286,51 @@ def diverged_at(where: str, err: TrainingDiverged, kept: str) -> TrainingDiverge
     return TrainingDiverged(f"{where}: {err} {kept}")
 
 
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches) -> None:
+    """Re-estimate every BatchNorm's running statistics on ``batches`` (inputs only).
+
+    A freshly sliced or re-assembled network carries statistics gathered in another
+    network; they no longer describe its activations, and an evaluation with them can be
+    far below what the weights can do. The cumulative average over the batches replaces
+    them; the model is left in eval mode.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    batches = list(batches)
+    if not bns or not batches:
+        return
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the batches
+    model.train()
+    try:
+        for x in batches:
+            model(x)
+    finally:
+        for bn, momentum in zip(bns, momenta, strict=True):
+            bn.momentum = momentum
+        model.eval()
+
+
+def calibration_batches(
+    data: PreparedData, settings: TrainConfig, seed: int, device, count: int
+) -> list[torch.Tensor]:
+    """``count`` un-augmented training batches for ``recalibrate_bn``, drawn with their own
+    generator (the global RNG, which training draws from, is not touched)."""
+    loader = BatchLoader(
+        data.train,
+        data.mean,
+        data.std,
+        batch_size=settings.batch_size,
+        shuffle=True,
+        seed=seed * 7919 + 3,
+        device=device,
+        max_resident_bytes=gpu_data_limit(settings, torch.device(device)),
+    )
+    return [x for _, (x, _) in zip(range(count), loader, strict=False)]
+
+
 def endless(loader):
     """Batches across epoch boundaries (each pass reshuffles), for step-based training."""
     epoch = 0
@@ -309,8 +354,12 @@ def train(
     checkpoint: Path | None = None,
     fingerprint: str = "",
     desc: str = "train",
+    lr_factor: Callable[[float], float] | None = None,
 ) -> list[dict]:
     """Train ``model`` in place for ``epochs``; returns one record per epoch.
+
+    The learning rate is ``lr`` times ``lr_factor(epochs done, fractional)``; by default
+    a cosine from 1 to 0 over ``epochs``.
 
     With ``checkpoint`` set, state is saved after every epoch and a later call with the
     same ``fingerprint`` resumes after the last finished epoch.
@@ -320,7 +369,11 @@ def train(
     # A compiled wrapper shares the parameters; state dicts and checkpoints use `model`.
     step_model = compiled(model) if settings.compile else model
     optimizer = make_optimizer(model, lr, settings)
-    scheduler = cosine_lr(optimizer, epochs * len(loader))
+    if lr_factor is None:
+        scheduler = cosine_lr(optimizer, epochs * len(loader))
+    else:
+        steps = len(loader)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s / steps))
     history: list[dict] = []
     start = 0
     state = _load_checkpoint(checkpoint, fingerprint)

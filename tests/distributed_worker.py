@@ -22,7 +22,7 @@ from tests.conftest import synthetic_data, tiny_config  # noqa: E402
 from tests.methods.jst.run_tiny_jst import TINY_JST  # noqa: E402
 
 # Global batch 32: each step splits it 16/16 over 2 ranks. JST without gate learning
-# (alpha_steps=0): Adam's first steps on the gates move each by about lr * sign(gradient),
+# (alpha_lr=0): Adam's first steps on the gates move each by about lr * sign(gradient),
 # so a last-bit difference in a near-zero gradient becomes a different gate and, a few
 # iterations on, a different architecture (measured: gates 0.522 vs 0.519 after one
 # iteration). Ranks agree with each other either way; see tests/test_distributed.py.
@@ -32,7 +32,7 @@ CONFIGS = {
             "method": "jst",
             "target_flops": 0.5,
             "epochs": 3,  # 1 warm-up epoch, then 1 epoch per iteration
-            "jst": {**TINY_JST, "iterations": 2, "candidates": 2, "alpha_steps": 0},
+            "jst": {**TINY_JST, "iterations": 2, "candidates": 2, "alpha_lr": 0},
         }
     ),
     "l1": lambda: tiny_config(search={"method": "l1", "target_flops": 0.5, "epochs": 1}),

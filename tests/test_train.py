@@ -12,6 +12,7 @@ from pipeline.train import (
     autocast_dtype,
     gpu_data_limit,
     make_optimizer,
+    recalibrate_bn,
     train_steps,
     uses_channels_last,
 )
@@ -162,3 +163,17 @@ def test_stage_processes_skip_the_seconds_long_imports():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_recalibrated_bn_statistics_are_those_of_the_batches():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+    bn = model[1]
+    bn.running_mean.fill_(5.0)  # stale: gathered in another network
+    bn.running_var.fill_(9.0)
+    batches = [torch.randn(8, 1, 6, 6) for _ in range(3)]
+    recalibrate_bn(model, batches)
+    with torch.no_grad():
+        out = torch.cat([model[0](x) for x in batches])
+    torch.testing.assert_close(bn.running_mean, out.mean((0, 2, 3)), rtol=1e-5, atol=1e-5)
+    assert bn.momentum == 0.1 and not model.training

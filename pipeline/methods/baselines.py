@@ -28,6 +28,11 @@ from pipeline.methods.base import (
 from pipeline.pruning.budget import global_threshold_widths, uniform_budget_widths
 from pipeline.pruning.groups import bn_gamma_scores, filter_l1_scores, indices_from_scores
 from pipeline.pruning.slicing import build_model
+from pipeline.train import calibration_batches, recalibrate_bn
+
+# Training batches that re-estimate the BN statistics of a freshly sliced model: the dense
+# model's statistics describe other channels' sums, and evaluating with them gives chance.
+RECALIBRATION_BATCHES = 10
 
 
 @register_method("scratch")
@@ -72,6 +77,12 @@ def _prune_pretrained(ctx: SearchContext, scores_of, name: str, *, regularizer=N
         )
     keep = indices_from_scores(scores, widths)
     spec, compact = compact_from_dense(setup, keep)
+    recalibrate_bn(
+        compact,
+        calibration_batches(
+            ctx.data, ctx.config.train, ctx.config.seed, ctx.device, RECALIBRATION_BATCHES
+        ),
+    )
     return SearchResult(spec, compact, setup.spec, history, budget_summary(setup, spec))
 
 

@@ -2,8 +2,10 @@
 
 One small policy network, shared by all groups, looks at a group's state and picks an
 action that moves the group's keep-mass tau_g by a multiple of delta. The policy is
-updated over the N candidates of each iteration against a moving-average baseline, so
-even a single candidate gets a non-zero advantage once the baseline exists.
+updated by REINFORCE over the N candidates of each iteration. With N > 1 each candidate's
+baseline is the mean reward of the others (leave-one-out): advantages sum to zero, so a
+rising reward level does not make every action look good. A single candidate is compared
+with a moving average of past rewards instead.
 """
 
 from __future__ import annotations
@@ -68,12 +70,17 @@ class PolicyLearner:
         with torch.no_grad():
             return float(self.policy(states).entropy().mean())
 
+    def advantages(self, rewards: list[float]) -> torch.Tensor:
+        r = torch.tensor(rewards, dtype=torch.float32)
+        if len(r) > 1:
+            return r - (r.sum() - r) / (len(r) - 1)
+        if self.baseline is None:
+            self.baseline = float(r.mean())
+        return r - self.baseline
+
     def update(self, decisions: list[Decision], rewards: list[float]) -> float:
         """One REINFORCE step over the candidates; returns the policy loss."""
-        rewards_t = torch.tensor(rewards, dtype=torch.float32)
-        if self.baseline is None:
-            self.baseline = float(rewards_t.mean())
-        advantages = rewards_t - self.baseline
+        advantages = self.advantages(rewards)
         loss = torch.zeros(())
         for decision, advantage in zip(decisions, advantages.tolist(), strict=True):
             log_prob = self.policy(decision.states).log_prob(decision.actions).sum()
@@ -82,8 +89,11 @@ class PolicyLearner:
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
-        self.baseline = self.momentum * self.baseline + (1 - self.momentum) * float(
-            rewards_t.mean()
+        mean = sum(rewards) / len(rewards)
+        self.baseline = (
+            mean
+            if self.baseline is None
+            else (self.momentum * self.baseline + (1 - self.momentum) * mean)
         )
         return float(loss.detach())
 

@@ -2,9 +2,11 @@
 
 Each iteration draws N candidate sub-networks from the target network's filter weights
 alpha (Gumbel-perturbed; per-group keep-masses set by a learned threshold policy and
-projected onto the current budget), scores them cheaply, trains the best one physically
-built, learns its gates on a held-out split, and writes weights, BN statistics and alpha
-back into the target. See docs/method.md; the numbered steps below follow it.
+projected onto the current budget), scores them cheaply on validation batches, trains the
+best one physically built (its gates alpha learned in the same steps as its weights),
+re-estimates its BN statistics, and writes weights, BN statistics and alpha back into the
+target. The last iterations train one frozen architecture without restarts. See
+docs/method.md; the numbered steps below follow it.
 """
 
 from __future__ import annotations
@@ -15,11 +17,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from pipeline import distributed
 from pipeline.atomic import torch_save_atomic
-from pipeline.data import Augment, BatchLoader, PreparedData, Split, stratified_split
+from pipeline.data import Augment, BatchLoader, PreparedData, Split
 from pipeline.errors import TrainingDiverged
 from pipeline.methods.base import (
     DenseSetup,
@@ -29,6 +30,7 @@ from pipeline.methods.base import (
     dense_setup,
     register_method,
 )
+from pipeline.methods.jst.gates import WeightsAndGates, gates_of, learnable_gates, polarisation
 from pipeline.methods.jst.policy import PolicyLearner, group_state
 from pipeline.methods.jst.sampler import GroupScores, Sampler, gumbel_perturb
 from pipeline.methods.jst.schedule import Schedule
@@ -37,13 +39,12 @@ from pipeline.pruning.budget import check_feasible
 from pipeline.pruning.gates import fold_gates_into_bn, gated
 from pipeline.pruning.slicing import build_model, scatter_weights, slice_weights, spec_for_indices
 from pipeline.train import (
-    batch_layout,
     diverged_at,
     endless,
     evaluate,
     gpu_data_limit,
     make_optimizer,
-    mixed_precision,
+    recalibrate_bn,
     train,
     train_steps,
 )
@@ -67,20 +68,6 @@ class Candidate:
     reward: float = 0.0
 
 
-def gates_of(alpha: torch.Tensor) -> torch.Tensor:
-    """m = 2 sigmoid(alpha): 1 at alpha = 0, so an untouched network is unchanged."""
-    return 2 * torch.sigmoid(alpha)
-
-
-def polarisation(alphas: list[torch.Tensor]) -> torch.Tensor:
-    """Low mean gate, high spread: pushes gates apart so the sampler can tell filters apart."""
-    total = torch.zeros(())
-    for a in alphas:
-        m = torch.sigmoid(a)
-        total = total + m.mean() - (m - m.mean()).abs().mean()
-    return total
-
-
 def data_fingerprint(data: PreparedData) -> str:
     digest = hashlib.sha256()
     for split in (data.train, data.val):
@@ -101,7 +88,7 @@ class JointSearch:
         self.setup.model.to(self.device)
         self.groups = self.setup.groups
         self.sampler = Sampler(self.setup.flops, self.groups, s.k_min, s.round_to)
-        self.train_data, self.alpha_split = self._carve_alpha_split(ctx.data, cfg.seed)
+        self.data = ctx.data  # weights and gates train on data.train; candidates score on val
         self.alpha = {g: torch.zeros(self.setup.layout.groups[g].width) for g in self.groups}
         self.tau = {g: 1.0 for g in self.groups}
         torch.manual_seed(cfg.seed)  # the policy's initial weights
@@ -110,27 +97,13 @@ class JointSearch:
         self.static_state = self._static_group_state()
         self.history: list[dict] = []
         self.best: dict | None = None
+        self.frozen_keep: Keep | None = None  # the architecture of the frozen iterations
+        self.frozen_optimizer: dict | None = None  # its momenta, carried across iterations
         self.next_iteration = 1
         self.fingerprint = f"jst:{cfg.model_dump_json()}:{data_fingerprint(ctx.data)}"
         self.checkpoint = ctx.workdir / "jst.pt" if ctx.workdir else None
 
     # ----------------------------------------------------------------- setup
-    def _carve_alpha_split(self, data: PreparedData, seed: int):
-        """Hold out part of the training images for alpha and candidate scores."""
-        labels = data.train.labels.numpy()
-        parts = stratified_split(labels, {"alpha": self.jst.val_fraction}, seed=seed + 1)
-        subset = lambda idx: Split(data.train.images[idx], data.train.labels[idx])  # noqa: E731
-        train = PreparedData(
-            subset(parts["train"]),
-            data.val,
-            data.test,
-            data.classes,
-            data.mean,
-            data.std,
-            data.dataset,
-        )
-        return train, subset(parts["alpha"])
-
     def _static_group_state(self) -> dict[str, tuple[float, float, float]]:
         """(relative depth, relative width, FLOPs share) of every prunable group."""
         flops, dense = self.setup.flops, self.setup.flops.dense_widths
@@ -154,8 +127,8 @@ class JointSearch:
         a = cfg.train.augment
         return BatchLoader(
             split,
-            self.train_data.mean,
-            self.train_data.std,
+            self.data.mean,
+            self.data.std,
             batch_size=batch_size or cfg.train.batch_size,
             shuffle=True,
             augment=Augment(a.crop_padding, a.hflip) if augment else None,
@@ -192,7 +165,8 @@ class JointSearch:
         return self._result()
 
     def _warmup(self) -> None:
-        """Step 0: train the full target network for E_w epochs (resumable)."""
+        """Step 0: train the full target network for E_w epochs (resumable), on the first
+        stretch of the search's one learning-rate curve."""
         epochs = self.jst.warmup_epochs
         if epochs <= 0:
             return
@@ -201,7 +175,7 @@ class JointSearch:
         checkpoint = self.ctx.workdir / "jst_warmup.pt" if self.ctx.workdir else None
         train(
             self.setup.model,
-            self.train_data,
+            self.data,
             epochs=whole,
             lr=cfg.search.lr,
             settings=cfg.train,
@@ -210,23 +184,33 @@ class JointSearch:
             checkpoint=checkpoint,
             fingerprint=f"warmup:{self.fingerprint}",
             desc="jst warm-up",
+            lr_factor=self.schedule.lr_factor,
         )
         if fraction > 0:
-            loader = self._loader(self.train_data.train, 0, salt=5)
+            loader = self._loader(self.data.train, 0, salt=5)
             steps = max(1, round(fraction * len(loader)))
-            optimizer = make_optimizer(self.setup.model, cfg.search.lr, cfg.train)
+            lr = cfg.search.lr * self.schedule.lr_factor(whole + fraction / 2)
+            optimizer = make_optimizer(self.setup.model, lr, cfg.train)
             train_steps(self.setup.model, endless(loader), steps, optimizer, cfg.train)
 
     # ------------------------------------------------------------- iteration
     def _iteration(self, t: int) -> dict:
         budget, sigma = self.schedule.budget(t), self.schedule.sigma(t)
         delta = self.schedule.step_size(t)
+        frozen = self.schedule.frozen(t)
         states = self._states()
-        candidates = [self._draw(states, budget, sigma, delta) for _ in range(self.jst.candidates)]
+        if frozen:
+            if self.frozen_keep is None:
+                self.frozen_keep = self._architecture_to_freeze(states, budget, sigma, delta)
+            candidates = [self._candidate_at(self.frozen_keep)]
+        else:
+            candidates = [
+                self._draw(states, budget, sigma, delta) for _ in range(self.jst.candidates)
+            ]
         self._score(candidates, t, budget)
         self._agree_on_rewards(candidates)
         policy_loss = 0.0
-        if self.jst.thresholding:
+        if self.jst.thresholding and not frozen:
             policy_loss = self.policy.update(
                 [c.decision for c in candidates], [c.reward for c in candidates]
             )
@@ -236,9 +220,8 @@ class JointSearch:
         sub = self._gather(chosen.keep)
         sub_alpha = {g: self.alpha[g][chosen.keep[g]].clone() for g in self.groups}
         lr, epochs = self.schedule.learning_rate(t), self.schedule.epochs(t)
-        train_stats = self._train_sub(sub, sub_alpha, t, lr, epochs)
-        # Several processes: rank 0's gates and accuracy, so every rank decides alike.
-        sub_alpha = distributed.broadcast_object(self._learn_alpha(sub, sub_alpha, t))
+        train_stats, sub_alpha = self._train_sub(sub, sub_alpha, t, lr, epochs, frozen)
+        self._recalibrate(sub, sub_alpha, t)
         self._update_target(sub, sub_alpha, chosen.keep)
         val_top1 = distributed.broadcast_object(self._val_accuracy(sub, sub_alpha))
 
@@ -253,6 +236,7 @@ class JointSearch:
                 "alpha": {g: a.detach().clone() for g, a in sub_alpha.items()},
             }
         rewards = torch.tensor([c.reward for c in candidates])
+        alpha_abs = torch.cat([a.abs() for a in self.alpha.values()])
         return {
             "iteration": t,
             "budget": budget,
@@ -260,6 +244,7 @@ class JointSearch:
             "delta": delta,
             "lr": lr,
             "epochs": epochs,
+            "frozen": int(frozen),
             "flops_ratio": chosen.flops_ratio,
             "reward": chosen.reward,
             "mean_reward": float(rewards.mean()),
@@ -267,11 +252,25 @@ class JointSearch:
             "val_top1": val_top1,
             "policy_entropy": self.policy.entropy(states),
             "policy_loss": policy_loss,
+            "alpha_abs_max": float(alpha_abs.max()),
+            "alpha_abs_mean": float(alpha_abs.mean()),
             "meets_budget": int(meets),
             "best_val_top1": self.best["val_top1"] if self.best else 0.0,
             "arch_sha256": spec.sha256,
             **train_stats,
         }
+
+    def _architecture_to_freeze(self, states, budget: float, sigma: float, delta: float) -> Keep:
+        """The best candidate so far that met the final budget (by validation accuracy),
+        else a fresh draw at the final budget."""
+        if self.best is not None:
+            return {g: k.clone() for g, k in self.best["keep"].items()}
+        return self._draw(states, budget, sigma, delta).keep
+
+    def _candidate_at(self, keep: Keep) -> Candidate:
+        widths = {g: len(k) for g, k in keep.items()}
+        tau = dict(self.tau)
+        return Candidate(keep, widths, tau, None, self.setup.flops.ratio(widths))
 
     def _draw(self, states: torch.Tensor, budget: float, sigma: float, delta: float) -> Candidate:
         """Steps 2-5: perturb alpha, move thresholds, sample, project onto the budget."""
@@ -296,16 +295,15 @@ class JointSearch:
     @torch.no_grad()
     def _score(self, candidates: list[Candidate], t: int, budget: float) -> None:
         """Step 6: accuracy with inherited weights on a few held-out batches, then reward."""
-        score_loader = self._loader(self.alpha_split, t, salt=1, augment=False)
-        calib_loader = self._loader(self.train_data.train, t, salt=2, augment=False)
+        score_loader = self._loader(self.data.val, t, salt=1, augment=False)
+        calib_loader = self._loader(self.data.train, t, salt=2, augment=False)
         score_batches = list(zip(range(self.jst.score_batches), score_loader, strict=False))
         calib_batches = list(zip(range(self.jst.recalibrate_batches), calib_loader, strict=False))
         for c in candidates:
             sub = self._gather(c.keep)
             gates = {g: gates_of(self.alpha[g][c.keep[g]]) for g in self.groups}
             with gated(sub, self.setup.layout, gates):
-                _recalibrate_bn(sub, [x for _, (x, _) in calib_batches])
-                sub.eval()
+                recalibrate_bn(sub, [x for _, (x, _) in calib_batches])
                 correct = sum(int((sub(x).argmax(1) == y).sum()) for _, (x, y) in score_batches)
             seen = sum(len(y) for _, (_, y) in score_batches)
             c.score = correct / max(1, seen)
@@ -323,40 +321,44 @@ class JointSearch:
         slice_weights(self.setup.model, sub, self.setup.layout, keep)
         return sub
 
-    def _train_sub(self, sub: nn.Module, sub_alpha: Keep, t: int, lr: float, epochs: float):
-        """Step 7a: train the chosen sub-network's weights, its gates held fixed."""
-        cfg = self.ctx.config
-        loader = self._loader(self.train_data.train, t, salt=3)
+    def _train_sub(
+        self, sub: nn.Module, sub_alpha: Keep, t: int, lr: float, epochs: float, frozen: bool
+    ) -> tuple[dict, Keep]:
+        """Step 7: train the chosen sub-network's weights and gates together.
+
+        While the architecture is frozen the optimizer's momenta carry over from one
+        iteration to the next, so the frozen network trains as if in one run.
+        """
+        cfg, j = self.ctx.config, self.jst
+        loader = self._loader(self.data.train, t, salt=3)
         steps = max(1, round(epochs * len(loader)))
-        optimizer = make_optimizer(sub, lr, cfg.train)
+        learn = j.alpha_lr > 0
+        with learnable_gates(sub, self.setup.layout, sub_alpha, trainable=learn) as net:
+            optimizer = WeightsAndGates(
+                make_optimizer(sub, lr, cfg.train), net, j.alpha_lr, j.alpha_max
+            )
+            if frozen and self.frozen_optimizer is not None:
+                optimizer.load_state_dict(self.frozen_optimizer)
+            regularizer = None
+            if learn and j.polarisation > 0:
+                regularizer = lambda model: j.polarisation * polarisation(model.alpha)  # noqa: E731
+            stats = train_steps(
+                net, endless(loader), steps, optimizer, cfg.train, None, regularizer
+            )
+            if frozen:
+                self.frozen_optimizer = optimizer.state_dict()
+            return stats, net.alphas()
+
+    def _recalibrate(self, sub: nn.Module, sub_alpha: Keep, t: int) -> None:
+        """BN statistics that describe this sub-network, not the ones it inherited and
+        partly kept through a few hundred steps of momentum 0.1."""
+        loader = self._loader(self.data.train, t, salt=2, augment=False)
+        batches = [
+            x for _, (x, _) in zip(range(self.jst.recalibrate_batches), loader, strict=False)
+        ]
         gates = {g: gates_of(a).to(self.device) for g, a in sub_alpha.items()}
         with gated(sub, self.setup.layout, gates):
-            return train_steps(sub, endless(loader), steps, optimizer, cfg.train)
-
-    def _learn_alpha(self, sub: nn.Module, sub_alpha: Keep, t: int) -> Keep:
-        """Step 7b: update the gates on the held-out split; only alpha changes."""
-        if self.jst.alpha_steps == 0:
-            return sub_alpha
-        alphas = {g: a.to(self.device).clone().requires_grad_(True) for g, a in sub_alpha.items()}
-        optimizer = torch.optim.Adam(alphas.values(), lr=self.jst.alpha_lr)
-        loader = self._loader(self.alpha_split, t, salt=4, batch_size=self.jst.alpha_batch_size)
-        batches = endless(loader)
-        settings = self.ctx.config.train
-        sub.eval()  # BN running statistics stay as training left them
-        for p in sub.parameters():
-            p.requires_grad_(False)
-        for _, (x, y) in zip(range(self.jst.alpha_steps), batches, strict=False):
-            gates = {g: gates_of(a) for g, a in alphas.items()}
-            x = batch_layout(x, settings)  # as in train_steps; no-ops on a CPU under auto
-            with gated(sub, self.setup.layout, gates), mixed_precision(settings, self.device):
-                loss = F.cross_entropy(sub(x), y)
-            loss = loss + self.jst.polarisation * polarisation(list(alphas.values()))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        for p in sub.parameters():
-            p.requires_grad_(True)
-        return {g: a.detach().cpu() for g, a in alphas.items()}
+            recalibrate_bn(sub, batches)
 
     def _update_target(self, sub: nn.Module, sub_alpha: Keep, keep: Keep) -> None:
         """Step 8: weights, BN statistics and alpha go back at the kept indices."""
@@ -367,26 +369,34 @@ class JointSearch:
     def _val_accuracy(self, sub: nn.Module, sub_alpha: Keep) -> float:
         gates = {g: gates_of(a).to(self.device) for g, a in sub_alpha.items()}
         with gated(sub, self.setup.layout, gates):
-            return evaluate(sub, self.train_data.val, self.train_data, self.device)["top1"]
+            return evaluate(sub, self.data.val, self.data, self.device)["top1"]
 
     # ---------------------------------------------------------------- result
     def _result(self) -> SearchResult:
-        """The best sub-network that met the final budget, gates folded into BN."""
-        if self.best is None:
+        """The frozen network as its training ended, or, without frozen iterations, the
+        best sub-network that met the final budget; gates folded into BN."""
+        if self.frozen_keep is not None:
+            keep = self.frozen_keep
+            sub = self._gather(keep)
+            alpha = {g: self.alpha[g][keep[g]].clone() for g in self.groups}
+            iteration, val_top1 = self.history[-1]["iteration"], self.history[-1]["val_top1"]
+        elif self.best is not None:
+            keep, alpha = self.best["keep"], self.best["alpha"]
+            sub = self._gather(keep)
+            sub.load_state_dict(self.best["weights"])
+            iteration, val_top1 = self.best["iteration"], self.best["val_top1"]
+        else:
             raise RuntimeError("no candidate met the final budget")  # projection forbids it
-        keep, alpha = self.best["keep"], self.best["alpha"]
-        sub = self._gather(keep)
-        sub.load_state_dict(self.best["weights"])
         fold_gates_into_bn(sub, self.setup.layout, {g: gates_of(a) for g, a in alpha.items()})
         spec = spec_for_indices(self.setup.spec, keep)
         summary = budget_summary(self.setup, spec) | {
-            "best_iteration": self.best["iteration"],
-            "val_top1": self.best["val_top1"],
+            "best_iteration": iteration,
+            "val_top1": val_top1,
             "iterations": self.schedule.iterations,
         }
         console.log(
-            f"jst: best sub-network from iteration {self.best['iteration']} "
-            f"(val top-1 {self.best['val_top1']:.4f}, FLOPs {summary['flops_ratio']:.3f})"
+            f"jst: sub-network of iteration {iteration} "
+            f"(val top-1 {val_top1:.4f}, FLOPs {summary['flops_ratio']:.3f})"
         )
         return SearchResult(spec, sub, self.setup.spec, self.history, summary)
 
@@ -410,6 +420,8 @@ class JointSearch:
                 "generator": self.generator.get_state(),
                 "history": self.history,
                 "best": self.best,
+                "frozen_keep": self.frozen_keep,
+                "frozen_optimizer": self.frozen_optimizer,
             },
             self.checkpoint,
         )
@@ -431,25 +443,9 @@ class JointSearch:
         self.policy.load_state_dict(state["policy"])
         self.generator.set_state(state["generator"])
         self.history, self.best = state["history"], state["best"]
+        self.frozen_keep, self.frozen_optimizer = state["frozen_keep"], state["frozen_optimizer"]
         self.next_iteration = state["next_iteration"]
         console.log(f"jst: resuming at iteration {self.next_iteration} from {path}")
 
     def _check_ranks_resume_alike(self) -> None:
         distributed.check_same(self.next_iteration, "the JST iteration to resume at")
-
-
-@torch.no_grad()
-def _recalibrate_bn(model: nn.Module, batches: list[torch.Tensor]) -> None:
-    """Re-estimate BN statistics of a freshly gathered sub-network on a few batches."""
-    if not batches:
-        return
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    momenta = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average over the batches
-    model.train()
-    for x in batches:
-        model(x)
-    for bn, momentum in zip(bns, momenta, strict=True):
-        bn.momentum = momentum

@@ -19,7 +19,7 @@ TINY_JST = {
     "iterations": 6,
     "warmup_epochs": 1,
     "candidates": 3,
-    "alpha_steps": 3,
+    "freeze_fraction": 0.67,  # iterations 3-6 train one architecture: resume covers it
     "score_batches": 1,
     "recalibrate_batches": 1,
 }

@@ -22,6 +22,14 @@ def test_policy_update_has_nonzero_gradient_on_different_rewards():
     assert any(changed)
 
 
+def test_advantages_of_several_candidates_sum_to_zero_even_when_rewards_rise():
+    learner = PolicyLearner([-1.0, 1.0], lr=0.1)
+    learner.baseline = 0.1  # a moving average far below today's rewards
+    advantages = learner.advantages([0.6, 0.7, 0.8, 0.9])
+    assert float(advantages.sum()) == pytest.approx(0.0, abs=1e-6)
+    assert (advantages[:2] < 0).all() and (advantages[2:] > 0).all()
+
+
 def test_single_candidate_gets_an_advantage_once_the_baseline_exists():
     learner = PolicyLearner([-1.0, 1.0], lr=0.1)
     generator = torch.Generator().manual_seed(1)
@@ -72,8 +80,35 @@ def test_schedule_anneals_and_spends_the_epochs():
     assert s.budget(1) == pytest.approx(1 - 0.6 * 0.2)
     assert s.budget(5) == pytest.approx(0.4) and s.budget(10) == pytest.approx(0.4)
     assert s.sigma(1) > s.sigma(10) and s.step_size(1) > s.step_size(10)
-    assert s.learning_rate(1) == pytest.approx(cfg.search.lr)
-    assert s.learning_rate(10) == pytest.approx(cfg.search.lr * cfg.search.jst.lr_decay)
+    assert s.total_epochs == pytest.approx(22)
+    assert s.lr_factor(0) == pytest.approx(1.0)
+    assert s.lr_factor(22) == pytest.approx(cfg.search.jst.lr_decay)
+
+
+def test_learning_rate_follows_one_curve_from_warmup_to_the_last_iteration():
+    """The warm-up's cosine used to fall to ~0 and the iterations restart at search.lr."""
+    cfg = tiny_config(
+        search={"epochs": 12, "lr": 0.1, "jst": {"iterations": 6, "warmup_epochs": 2}}
+    )
+    s = Schedule.from_config(cfg.search)
+    warmup_end = s.lr * s.lr_factor(s.warmup_epochs)
+    rates = [s.learning_rate(t) for t in range(1, 7)]
+    assert warmup_end >= rates[0] > 0.5 * s.lr  # no collapse before the iterations
+    assert rates == sorted(rates, reverse=True)
+    assert rates[-1] >= s.lr * cfg.search.jst.lr_decay
+
+
+def test_frozen_iterations_are_the_last_ones_and_run_at_the_target():
+    cfg = tiny_config(
+        search={
+            "epochs": 12,
+            "target_flops": 0.3,
+            "jst": {"iterations": 10, "anneal_fraction": 1.0, "freeze_fraction": 0.3},
+        }
+    )
+    s = Schedule.from_config(cfg.search)
+    assert [t for t in range(1, 11) if s.frozen(t)] == [8, 9, 10]
+    assert s.budget(7) > 0.3 and s.budget(8) == pytest.approx(0.3)
 
 
 def test_schedule_needs_epochs_beyond_warmup():
