@@ -119,9 +119,7 @@ class JointSearch:
         rows = [group_state(*self.static_state[g], self.alpha[g], self.tau[g]) for g in self.groups]
         return torch.tensor(rows, dtype=torch.float32)
 
-    def _loader(
-        self, split: Split, t: int, salt: int, augment: bool = True, batch_size: int | None = None
-    ) -> BatchLoader:
+    def _loader(self, split: Split, t: int, salt: int, augment: bool = True) -> BatchLoader:
         """A shuffled loader whose order depends only on (seed, iteration, purpose)."""
         cfg = self.ctx.config
         a = cfg.train.augment
@@ -129,7 +127,7 @@ class JointSearch:
             split,
             self.data.mean,
             self.data.std,
-            batch_size=batch_size or cfg.train.batch_size,
+            batch_size=cfg.train.batch_size,
             shuffle=True,
             augment=Augment(a.crop_padding, a.hflip) if augment else None,
             seed=cfg.seed * 1_000_003 + t * 101 + salt,
@@ -199,21 +197,7 @@ class JointSearch:
         delta = self.schedule.step_size(t)
         frozen = self.schedule.frozen(t)
         states = self._states()
-        if frozen:
-            if self.frozen_keep is None:
-                self.frozen_keep = self._architecture_to_freeze(states, budget, sigma, delta)
-            candidates = [self._candidate_at(self.frozen_keep)]
-        else:
-            candidates = [
-                self._draw(states, budget, sigma, delta) for _ in range(self.jst.candidates)
-            ]
-        self._score(candidates, t, budget)
-        self._agree_on_rewards(candidates)
-        policy_loss = 0.0
-        if self.jst.thresholding and not frozen:
-            policy_loss = self.policy.update(
-                [c.decision for c in candidates], [c.reward for c in candidates]
-            )
+        candidates, policy_loss = self._candidates(t, states, budget, sigma, delta, frozen)
         chosen = max(candidates, key=lambda c: c.reward)
         self.tau = {g: max(self.jst.tau_min, chosen.tau[g]) for g in self.groups}
 
@@ -224,17 +208,10 @@ class JointSearch:
         self._recalibrate(sub, sub_alpha, t)
         self._update_target(sub, sub_alpha, chosen.keep)
         val_top1 = distributed.broadcast_object(self._val_accuracy(sub, sub_alpha))
-
-        spec = spec_for_indices(self.setup.spec, chosen.keep)
         meets = chosen.flops_ratio <= self.search_cfg.target_flops + 1e-9
         if meets and (self.best is None or val_top1 > self.best["val_top1"]):
-            self.best = {
-                "iteration": t,
-                "val_top1": val_top1,
-                "keep": {g: k.clone() for g, k in chosen.keep.items()},
-                "weights": {k: v.detach().cpu().clone() for k, v in sub.state_dict().items()},
-                "alpha": {g: a.detach().clone() for g, a in sub_alpha.items()},
-            }
+            self._remember_best(t, val_top1, chosen.keep, sub, sub_alpha)
+
         rewards = torch.tensor([c.reward for c in candidates])
         alpha_abs = torch.cat([a.abs() for a in self.alpha.values()])
         return {
@@ -256,8 +233,37 @@ class JointSearch:
             "alpha_abs_mean": float(alpha_abs.mean()),
             "meets_budget": int(meets),
             "best_val_top1": self.best["val_top1"] if self.best else 0.0,
-            "arch_sha256": spec.sha256,
+            "arch_sha256": spec_for_indices(self.setup.spec, chosen.keep).sha256,
             **train_stats,
+        }
+
+    def _candidates(self, t, states, budget: float, sigma: float, delta: float, frozen: bool):
+        """Steps 2-6: N scored candidates (the frozen architecture alone once frozen); the
+        threshold policy learns from their rewards. Returns them and the policy loss."""
+        if frozen:
+            if self.frozen_keep is None:
+                self.frozen_keep = self._architecture_to_freeze(states, budget, sigma, delta)
+            candidates = [self._candidate_at(self.frozen_keep)]
+        else:
+            n = self.jst.candidates
+            candidates = [self._draw(states, budget, sigma, delta) for _ in range(n)]
+        self._score(candidates, t, budget)
+        self._agree_on_rewards(candidates)
+        policy_loss = 0.0
+        if self.jst.thresholding and not frozen:
+            policy_loss = self.policy.update(
+                [c.decision for c in candidates], [c.reward for c in candidates]
+            )
+        return candidates, policy_loss
+
+    def _remember_best(self, t: int, val_top1: float, keep: Keep, sub: nn.Module, alpha: Keep):
+        """Step 9: the best sub-network that met the final budget, as it was measured."""
+        self.best = {
+            "iteration": t,
+            "val_top1": val_top1,
+            "keep": {g: k.clone() for g, k in keep.items()},
+            "weights": {k: v.detach().cpu().clone() for k, v in sub.state_dict().items()},
+            "alpha": {g: a.detach().clone() for g, a in alpha.items()},
         }
 
     def _architecture_to_freeze(self, states, budget: float, sigma: float, delta: float) -> Keep:
