@@ -40,7 +40,9 @@ from pipeline.pruning.slicing import build_model
 from pipeline.train import evaluate, resolve_device, seed_everything, train
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = {  # name -> (method, overrides of search.jst); the jst-no-* are ablations
+# name -> (method, overrides of search.jst); the jst-* are ablations, one mechanism
+# switched from its params.yaml setting at a time
+VARIANTS = {
     "jst": ("jst", {}),
     "scratch": ("scratch", {}),
     "l1": ("l1", {}),
@@ -48,7 +50,7 @@ VARIANTS = {  # name -> (method, overrides of search.jst); the jst-no-* are abla
     "random": ("random", {}),
     "jst-no-freeze": ("jst", {"freeze_fraction": 0.0}),
     "jst-no-gates": ("jst", {"alpha_lr": 0.0}),
-    "jst-no-perturbation": ("jst", {"perturbation": False}),
+    "jst-perturbation": ("jst", {"perturbation": True}),
     "jst-no-thresholding": ("jst", {"thresholding": False}),
 }
 # Not methods but diagnostics (name -> the variant whose architecture they retrain), run

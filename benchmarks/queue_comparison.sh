@@ -31,8 +31,8 @@ for seed in 0 1 2; do
     done
   done
   # ablations of JST, one mechanism off at a time (as benchmarks/compare_methods.py)
-  for ablation in freeze_fraction=0.0 alpha_lr=0.0 perturbation=false thresholding=false; do
-    queue "jst-${ablation%%=*}-off-b0.3-s${seed}" -S "seed=${seed}" -S search.method=jst \
+  for ablation in freeze_fraction=0.0 alpha_lr=0.0 perturbation=true thresholding=false; do
+    queue "jst-${ablation%%=*}-${ablation##*=}-b0.3-s${seed}" -S "seed=${seed}" -S search.method=jst \
       -S search.target_flops=0.3 -S "search.jst.${ablation}"
   done
 done

@@ -65,6 +65,8 @@ def main() -> None:
         "dense_epoch_s": dense_epoch_s,
         "jst_epoch_s": jst_epoch_s,
         "ratio": jst_epoch_s / dense_epoch_s,
+        "search_epochs": cfg.search.epochs,
+        "jst": cfg.search.jst.model_dump(),
         "device": str(device),
         "machine": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),

@@ -19,6 +19,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from pipeline.errors import ConfigError
@@ -120,7 +121,7 @@ class JstConfig(_Section):
     anneal_fraction: float = Field(0.5, ge=0, le=1)
     freeze_fraction: float = Field(0.5, ge=0, lt=1)
     candidates: int = Field(4, ge=1, le=1024)
-    perturbation: bool = True
+    perturbation: bool = False
     sigma_start: float = Field(1.0, ge=0, le=100)
     sigma_min: float = Field(0.05, ge=0, le=100)
     thresholding: bool = True
@@ -148,7 +149,7 @@ class JstConfig(_Section):
 
 
 class SearchConfig(_Section):
-    method: str = "l1"
+    method: str = "jst"
     target_flops: float = 0.5
     epochs: int = Field(10, ge=0, le=10000)
     lr: float = Field(0.1, gt=0, le=10)
@@ -175,6 +176,16 @@ class SearchConfig(_Section):
         if not 0 < v <= 1:
             raise ValueError("must be in (0, 1] (the fraction of the dense FLOPs to keep)")
         return v
+
+    @model_validator(mode="after")
+    def _jst_has_iteration_epochs(self) -> SearchConfig:
+        if self.method == "jst" and self.epochs <= self.jst.warmup_epochs:
+            raise ValueError(
+                f"search.epochs ({self.epochs}) must exceed search.jst.warmup_epochs "
+                f"({self.jst.warmup_epochs}): JST spreads the epochs after its warm-up over "
+                "its iterations; raise search.epochs or lower the warm-up"
+            )
+        return self
 
 
 class FinetuneConfig(_Section):

@@ -80,3 +80,11 @@ def test_file_errors(tmp_path):
     top.write_text(yaml.safe_dump([1, 2]))
     with pytest.raises(ConfigError, match="mapping"):
         load_config(top)
+
+
+def test_jst_without_epochs_after_its_warmup_is_refused_at_validation():
+    with pytest.raises(
+        ConfigError, match=r"search.epochs \(2\) must exceed search.jst.warmup_epochs"
+    ):
+        parse_config({"search": {"method": "jst", "epochs": 2, "jst": {"warmup_epochs": 2}}})
+    parse_config({"search": {"method": "l1", "epochs": 2, "jst": {"warmup_epochs": 2}}})

@@ -30,7 +30,8 @@ COPIED = ("pipeline", "stages", "dvc.yaml", "params.yaml", ".dvcignore", ".gitig
 TINY_PARAMS: dict[str, dict[str, Any]] = {
     "data": {"dataset": "digits", "image_size": 8},
     "model": {"arch": "resnet20"},
-    "search": {"epochs": 1},
+    # JST (the default method): 1 warm-up epoch, then 2 iterations of half an epoch each
+    "search": {"epochs": 2, "jst": {"warmup_epochs": 1, "iterations": 2}},
     "finetune": {"epochs": 1},
     "train": {"batch_size": 128},
     "evaluate": {"repeats": 5, "warmup": 1, "batch_sizes": [1, 8]},
@@ -85,7 +86,7 @@ class E2ERepo:
         repo = cls(root)
         params = repo.read_params()
         for section, values in TINY_PARAMS.items():
-            params.setdefault(section, {}).update(values)
+            _merge(params.setdefault(section, {}), values)
         repo.write_params(params)
 
         repo.git("init", "-q")
@@ -220,3 +221,12 @@ def walk_experiments(node: Any) -> Iterator[dict[str, Any]]:
 def experiment_metric(entry: Mapping[str, Any], path: str, key: str) -> Any:
     metrics = entry["data"].get("metrics") or {}
     return (metrics.get(path) or {}).get("data", {}).get(key)
+
+
+def _merge(params: dict, overrides: dict) -> None:
+    """Override ``params`` in place, one level of nesting deep (search.jst.*)."""
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            params.setdefault(key, {}).update(value)
+        else:
+            params[key] = value

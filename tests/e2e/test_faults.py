@@ -79,6 +79,9 @@ def assert_outputs_complete_or_absent(repo: E2ERepo) -> None:
 def test_sigkilled_repro_resumes_and_finishes(tmp_path: Path) -> None:
     repo = E2ERepo.create(tmp_path / "repo")
     params = repo.read_params()
+    # Epoch checkpoints of a dense pre-training; JST's per-iteration resume after SIGKILL is
+    # tested in tests/methods/jst/test_search.py (test_resume_after_sigkill_...).
+    params["search"]["method"] = "l1"
     params["search"]["epochs"] = EPOCHS
     params["finetune"]["epochs"] = EPOCHS
     repo.write_params(params)

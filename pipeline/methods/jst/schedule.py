@@ -6,7 +6,6 @@ import math
 from dataclasses import dataclass
 
 from pipeline.config import SearchConfig
-from pipeline.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -27,12 +26,7 @@ class Schedule:
     @classmethod
     def from_config(cls, search: SearchConfig) -> Schedule:
         j = search.jst
-        iteration_epochs = search.epochs - j.warmup_epochs
-        if iteration_epochs <= 0:
-            raise ConfigError(
-                f"search.epochs ({search.epochs}) must exceed search.jst.warmup_epochs "
-                f"({j.warmup_epochs}): the remaining epochs are spread over the iterations."
-            )
+        iteration_epochs = search.epochs - j.warmup_epochs  # > 0: SearchConfig checks it
         # sum_t E_t = E_1 * K * (1 + decay) / 2 for a linear decay
         first = iteration_epochs / (j.iterations * (1 + j.epoch_decay) / 2)
         sigma_start = j.sigma_start if j.perturbation else 0.0

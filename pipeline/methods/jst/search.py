@@ -300,7 +300,7 @@ class JointSearch:
 
     @torch.no_grad()
     def _score(self, candidates: list[Candidate], t: int, budget: float) -> None:
-        """Step 6: accuracy with inherited weights on a few held-out batches, then reward."""
+        """Step 6: accuracy with inherited weights on a few validation batches, then reward."""
         score_loader = self._loader(self.data.val, t, salt=1, augment=False)
         calib_loader = self._loader(self.data.train, t, salt=2, augment=False)
         score_batches = list(zip(range(self.jst.score_batches), score_loader, strict=False))

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from pipeline.errors import ConfigError
 from pipeline.methods.jst.policy import STATE_SIZE, PolicyLearner, group_state
 from pipeline.methods.jst.schedule import Schedule
 from tests.conftest import tiny_config
@@ -71,6 +70,7 @@ def test_schedule_anneals_and_spends_the_epochs():
                 "warmup_epochs": 2,
                 "epoch_decay": 0.5,
                 "anneal_fraction": 0.5,
+                "perturbation": True,
             },
         }
     )
@@ -109,9 +109,3 @@ def test_frozen_iterations_are_the_last_ones_and_run_at_the_target():
     s = Schedule.from_config(cfg.search)
     assert [t for t in range(1, 11) if s.frozen(t)] == [8, 9, 10]
     assert s.budget(7) > 0.3 and s.budget(8) == pytest.approx(0.3)
-
-
-def test_schedule_needs_epochs_beyond_warmup():
-    cfg = tiny_config(search={"epochs": 2, "jst": {"warmup_epochs": 2}})
-    with pytest.raises(ConfigError, match="search.epochs"):
-        Schedule.from_config(cfg.search)
