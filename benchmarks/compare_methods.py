@@ -206,9 +206,9 @@ def training_gmacs(variant, method, cfg, result, data, dense_flops: int) -> floa
     are left out; they are in its wall time."""
     compact = result.summary["flops"]
     if method == "jst":
-        warmup = cfg.search.jst.warmup_epochs * dense_flops
-        search = sum(h["epochs"] * h["flops_ratio"] * dense_flops for h in result.history)
-        search += warmup
+        search = cfg.search.jst.warmup_epochs * dense_flops + sum(
+            h["epochs"] * h["flops_ratio"] * dense_flops for h in result.history
+        )
     elif method == "scratch":
         search = cfg.search.epochs * compact
     else:  # dense pre-training, then pruning

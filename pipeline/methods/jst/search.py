@@ -197,7 +197,10 @@ class JointSearch:
         delta = self.schedule.step_size(t)
         frozen = self.schedule.frozen(t)
         states = self._states()
-        candidates, policy_loss = self._candidates(t, states, budget, sigma, delta, frozen)
+        calibration = self._calibration_batches(t)
+        candidates, policy_loss = self._candidates(
+            t, states, budget, sigma, delta, frozen, calibration
+        )
         chosen = max(candidates, key=lambda c: c.reward)
         self.tau = {g: max(self.jst.tau_min, chosen.tau[g]) for g in self.groups}
 
@@ -205,7 +208,7 @@ class JointSearch:
         sub_alpha = {g: self.alpha[g][chosen.keep[g]].clone() for g in self.groups}
         lr, epochs = self.schedule.learning_rate(t), self.schedule.epochs(t)
         train_stats, sub_alpha = self._train_sub(sub, sub_alpha, t, lr, epochs, frozen)
-        self._recalibrate(sub, sub_alpha, t)
+        self._recalibrate(sub, sub_alpha, calibration)
         self._update_target(sub, sub_alpha, chosen.keep)
         val_top1 = distributed.broadcast_object(self._val_accuracy(sub, sub_alpha))
         meets = chosen.flops_ratio <= self.search_cfg.target_flops + 1e-9
@@ -237,7 +240,9 @@ class JointSearch:
             **train_stats,
         }
 
-    def _candidates(self, t, states, budget: float, sigma: float, delta: float, frozen: bool):
+    def _candidates(
+        self, t, states, budget: float, sigma: float, delta: float, frozen: bool, calibration
+    ):
         """Steps 2-6: N scored candidates (the frozen architecture alone once frozen); the
         threshold policy learns from their rewards. Returns them and the policy loss."""
         if frozen:
@@ -247,7 +252,7 @@ class JointSearch:
         else:
             n = self.jst.candidates
             candidates = [self._draw(states, budget, sigma, delta) for _ in range(n)]
-        self._score(candidates, t, budget)
+        self._score(candidates, t, budget, calibration)
         self._agree_on_rewards(candidates)
         policy_loss = 0.0
         if self.jst.thresholding and not frozen:
@@ -299,17 +304,18 @@ class JointSearch:
         return Candidate(keep, widths, projected, decision, self.setup.flops.ratio(widths))
 
     @torch.no_grad()
-    def _score(self, candidates: list[Candidate], t: int, budget: float) -> None:
-        """Step 6: accuracy with inherited weights on a few validation batches, then reward."""
+    def _score(
+        self, candidates: list[Candidate], t: int, budget: float, calibration: list[torch.Tensor]
+    ) -> None:
+        """Step 6: accuracy with inherited weights (BN statistics re-estimated) on a few
+        validation batches, then reward."""
         score_loader = self._loader(self.data.val, t, salt=1, augment=False)
-        calib_loader = self._loader(self.data.train, t, salt=2, augment=False)
         score_batches = list(zip(range(self.jst.score_batches), score_loader, strict=False))
-        calib_batches = list(zip(range(self.jst.recalibrate_batches), calib_loader, strict=False))
         for c in candidates:
             sub = self._gather(c.keep)
-            gates = {g: gates_of(self.alpha[g][c.keep[g]]) for g in self.groups}
-            with gated(sub, self.setup.layout, gates):
-                recalibrate_bn(sub, [x for _, (x, _) in calib_batches])
+            alpha = {g: self.alpha[g][c.keep[g]] for g in self.groups}
+            self._recalibrate(sub, alpha, calibration)
+            with gated(sub, self.setup.layout, {g: gates_of(a) for g, a in alpha.items()}):
                 correct = sum(int((sub(x).argmax(1) == y).sum()) for _, (x, y) in score_batches)
             seen = sum(len(y) for _, (_, y) in score_batches)
             c.score = correct / max(1, seen)
@@ -355,13 +361,15 @@ class JointSearch:
                 self.frozen_optimizer = optimizer.state_dict()
             return stats, net.alphas()
 
-    def _recalibrate(self, sub: nn.Module, sub_alpha: Keep, t: int) -> None:
-        """BN statistics that describe this sub-network, not the ones it inherited and
-        partly kept through a few hundred steps of momentum 0.1."""
+    def _calibration_batches(self, t: int) -> list[torch.Tensor]:
+        """Un-augmented training batches of iteration t that re-estimate BN statistics
+        (of the candidates, then of the trained sub-network)."""
         loader = self._loader(self.data.train, t, salt=2, augment=False)
-        batches = [
-            x for _, (x, _) in zip(range(self.jst.recalibrate_batches), loader, strict=False)
-        ]
+        return [x for _, (x, _) in zip(range(self.jst.recalibrate_batches), loader, strict=False)]
+
+    def _recalibrate(self, sub: nn.Module, sub_alpha: Keep, batches: list[torch.Tensor]) -> None:
+        """BN statistics that describe this sub-network (gated), not the ones it inherited
+        and partly kept through a few hundred steps of momentum 0.1."""
         gates = {g: gates_of(a).to(self.device) for g, a in sub_alpha.items()}
         with gated(sub, self.setup.layout, gates):
             recalibrate_bn(sub, batches)
