@@ -55,6 +55,12 @@ VARIANTS = {
 }
 # Not methods but diagnostics (name -> the variant whose architecture they retrain), run
 # only when named in --variants (at the ablation budgets).
+# Training numerics of a benchmark run, as train.* settings; the same for every method.
+PRECISIONS = {
+    "fp32": {"precision": "fp32", "memory_format": "contiguous"},
+    "bf16": {"precision": "bf16", "memory_format": "channels_last"},
+}
+
 DIAGNOSTICS = {
     # JST's architecture (default knobs, same seed) freshly initialised and trained as
     # `scratch` trains its uniform widths: is a gap to the baselines in the architecture
@@ -84,6 +90,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--finetune-lr", type=float, default=0.02)
     p.add_argument("--round-to", type=int, default=8)
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="bf16: bf16 autocast + channels_last for every method (AMX CPUs, GPUs);\n"
+        "a cell holds one precision, so fp32 and bf16 runs are never compared",
+    )
     p.add_argument("--results", default=str(ROOT / "benchmarks/results/compare_methods.json"))
     p.add_argument("--report", default=str(ROOT / "docs/comparison.md"))
     p.add_argument("--report-only", action="store_true")
@@ -112,6 +125,7 @@ def config_for(args, method: str, budget: float, seed: int, jst_overrides: dict)
             "model": {"arch": args.arch},
             "train": {
                 "device": args.device,
+                **PRECISIONS[args.precision],
                 "batch_size": 128,
                 "augment": {"crop_padding": max(1, args.image_size // 8), "hflip": True},
             },
@@ -196,6 +210,7 @@ def run_one(args, variant: str, budget: float, seed: int) -> dict:
         "finetune_epochs": cfg.finetune.epochs,
         "finetune_lr": cfg.finetune.lr,
         "total_epochs": epochs,
+        "precision": args.precision,
     }
 
 
@@ -227,6 +242,7 @@ def run_key(record: dict) -> tuple:
         record["seed"],
         record.get("search_epochs", 12),
         record.get("finetune_epochs", 6),
+        record.get("precision", "fp32"),
     )
 
 
@@ -248,7 +264,15 @@ def main() -> None:
     store = load_store(results_path)
     if not args.report_only:
         for variant, budget, seed in planned_runs(args):
-            key = (args.arch, variant, budget, seed, args.search_epochs, args.finetune_epochs)
+            key = (
+                args.arch,
+                variant,
+                budget,
+                seed,
+                args.search_epochs,
+                args.finetune_epochs,
+                args.precision,
+            )
             if key in {run_key(r) for r in load_store(results_path)["runs"]}:
                 continue
             print(f"== {key}", flush=True)
@@ -270,9 +294,7 @@ def add_record(path: Path, record: dict, args) -> dict:
         store = load_store(path)
         store["runs"] = [r for r in store["runs"] if run_key(r) != run_key(record)] + [record]
         setup = {k: v for k, v in vars(args).items() if k not in ("report_only",)}
-        store.setdefault("setups", {})[
-            f"{args.arch}:{args.search_epochs}+{args.finetune_epochs}"
-        ] = setup
+        store.setdefault("setups", {})[cell_name(cell_of(record))] = setup
         store["machine"] = machine()
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(store, indent=2) + "\n")
@@ -299,13 +321,23 @@ BASELINES = ("scratch", "l1", "slimming", "random")
 
 
 def cells(store: dict) -> dict:
-    """Runs grouped by cell (model, search epochs, fine-tuning epochs), then by
+    """Runs grouped by cell (model, search epochs, fine-tuning epochs, precision), then by
     (budget, variant)."""
     grouped: dict = {}
     for r in store["runs"]:
-        arch, variant, budget, _, search, finetune = run_key(r)
-        grouped.setdefault((arch, search, finetune), {}).setdefault((budget, variant), []).append(r)
+        grouped.setdefault(cell_of(r), {}).setdefault((r["budget"], r["variant"]), []).append(r)
     return grouped
+
+
+def cell_of(record: dict) -> tuple:
+    arch, _, _, _, search, finetune, precision = run_key(record)
+    return arch, search, finetune, precision
+
+
+def cell_name(cell: tuple) -> str:
+    """``resnet20:12+6``, with ``:bf16`` appended for bf16 cells (fp32 names predate it)."""
+    arch, search, finetune, precision = cell
+    return f"{arch}:{search}+{finetune}" + ("" if precision == "fp32" else f":{precision}")
 
 
 def method_table(rows: dict) -> list[str]:
@@ -359,10 +391,14 @@ def paired_differences(rows: dict) -> list[str]:
 def write_report(store: dict, path: Path) -> None:
     sections = []
     path.parent.mkdir(parents=True, exist_ok=True)
-    for (arch, search, finetune), rows in sorted(cells(store).items()):
-        plot = pareto_plot(rows, path.with_name(f"comparison_{arch}_{search}+{finetune}.png"))
+    for cell, rows in sorted(cells(store).items()):
+        arch, search, finetune, precision = cell
+        plot = pareto_plot(
+            rows, path.with_name(f"comparison_{cell_name(cell).replace(':', '_')}.png")
+        )
+        numerics = "" if precision == "fp32" else ", bf16 autocast + channels_last"
         sections.append(
-            f"## {arch}, {search} search + {finetune} fine-tuning epochs\n\n"
+            f"## {arch}, {search} search + {finetune} fine-tuning epochs{numerics}\n\n"
             + "\n".join(method_table(rows))
             + "\n\nPaired by seed:\n\n"
             + "\n".join(paired_differences(rows))
@@ -377,7 +413,7 @@ def write_report(store: dict, path: Path) -> None:
         "multiply-accumulates of the training steps (forward + backward) that produce the "
         f"compact model. Machine: {describe(store)}.\n\n"
         "Command: `uv run python benchmarks/compare_methods.py` (add `--arch`, "
-        "`--search-epochs`, `--finetune-epochs` for the other cells; results: "
+        "`--search-epochs`, `--finetune-epochs`, `--precision` for the other cells; results: "
         "`benchmarks/results/compare_methods.json`).\n\n" + text
     )
     print(text)

@@ -215,8 +215,15 @@ class JointSearch:
         if meets and (self.best is None or val_top1 > self.best["val_top1"]):
             self._remember_best(t, val_top1, chosen.keep, sub, sub_alpha)
 
-        rewards = torch.tensor([c.reward for c in candidates])
         alpha_abs = torch.cat([a.abs() for a in self.alpha.values()])
+        scoring = {}
+        if not frozen:  # the frozen architecture is not scored: there is nothing to choose
+            rewards = torch.tensor([c.reward for c in candidates])
+            scoring = {
+                "reward": chosen.reward,
+                "mean_reward": float(rewards.mean()),
+                "candidate_score": chosen.score,
+            }
         return {
             "iteration": t,
             "budget": budget,
@@ -226,9 +233,7 @@ class JointSearch:
             "epochs": epochs,
             "frozen": int(frozen),
             "flops_ratio": chosen.flops_ratio,
-            "reward": chosen.reward,
-            "mean_reward": float(rewards.mean()),
-            "candidate_score": chosen.score,
+            **scoring,
             "val_top1": val_top1,
             "policy_entropy": self.policy.entropy(states),
             "policy_loss": policy_loss,
@@ -243,19 +248,19 @@ class JointSearch:
     def _candidates(
         self, t, states, budget: float, sigma: float, delta: float, frozen: bool, calibration
     ):
-        """Steps 2-6: N scored candidates (the frozen architecture alone once frozen); the
-        threshold policy learns from their rewards. Returns them and the policy loss."""
+        """Steps 2-6: N scored candidates (the frozen architecture alone, unscored, once
+        frozen); the threshold policy learns from their rewards. Returns them and the
+        policy loss."""
         if frozen:
             if self.frozen_keep is None:
                 self.frozen_keep = self._architecture_to_freeze(states, budget, sigma, delta)
-            candidates = [self._candidate_at(self.frozen_keep)]
-        else:
-            n = self.jst.candidates
-            candidates = [self._draw(states, budget, sigma, delta) for _ in range(n)]
+            return [self._candidate_at(self.frozen_keep)], 0.0
+        n = self.jst.candidates
+        candidates = [self._draw(states, budget, sigma, delta) for _ in range(n)]
         self._score(candidates, t, budget, calibration)
         self._agree_on_rewards(candidates)
         policy_loss = 0.0
-        if self.jst.thresholding and not frozen:
+        if self.jst.thresholding:
             policy_loss = self.policy.update(
                 [c.decision for c in candidates], [c.reward for c in candidates]
             )

@@ -50,7 +50,7 @@ def test_result_meets_budget_and_logs_every_iteration():
     assert logged == list(range(1, 7))
     assert result.history[0]["budget"] > result.history[-1]["budget"] == pytest.approx(0.5)
     assert {"val_top1", "flops_ratio", "reward", "budget", "sigma", "policy_entropy"} <= set(
-        result.history[-1]
+        result.history[0]
     )
 
 
@@ -256,9 +256,15 @@ def test_gates_learn_on_training_images_and_candidates_score_on_validation():
     assert not set(map(bytes, data.val.images.numpy())) & set(map(bytes, data.train.images.numpy()))
 
 
-def test_frozen_iterations_train_one_architecture_and_ship_it():
+def test_frozen_iterations_train_one_architecture_and_ship_it(monkeypatch):
     search = _search(iterations=4, freeze_fraction=0.5)
+    scored_at = []
+    score = search._score
+    monkeypatch.setattr(search, "_score", lambda c, t, *a: scored_at.append(t) or score(c, t, *a))
     result = search.run()
+    assert scored_at == [1, 2]  # nothing to choose between once frozen: no scoring cost
+    assert all("reward" in h for h in result.history[:2])
+    assert not any("reward" in h for h in result.history[2:])
     frozen = [h for h in result.history if h["frozen"]]
     assert [h["iteration"] for h in frozen] == [3, 4]
     assert {h["arch_sha256"] for h in frozen} == {result.spec.sha256}
