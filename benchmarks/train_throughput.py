@@ -13,6 +13,8 @@ on the device through the pipeline's own loader.
   The search time includes setup, candidate scoring, BN re-estimation and gate updates.
 
     uv run --frozen python benchmarks/train_throughput.py --device cpu   # batch 128, small windows
+    uv run --frozen python benchmarks/train_throughput.py --device cpu --arch resnet20 \
+        --skip-jst --dense-epochs 1 --steps 10 --versus-fp32 3 --out ...  # auto vs fp32
     uv run --frozen python benchmarks/train_throughput.py --device cuda  # batch 512, CIFAR-sized
 """
 
@@ -22,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -39,6 +42,7 @@ from pipeline.train import (
     resolve_device,
     seed_everything,
     train_steps,
+    training_numerics,
     uses_channels_last,
 )
 
@@ -65,6 +69,14 @@ def main() -> None:
     p.add_argument("--dense-epochs", type=int)
     p.add_argument("--target", type=float, default=0.5, help="JST target_flops")
     p.add_argument("--skip-jst", action="store_true")
+    p.add_argument(
+        "--versus-fp32",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="also time fp32 + contiguous steps against the chosen settings, interleaved\n"
+        "for ROUNDS rounds (the ratio is robust to a shared machine's drift)",
+    )
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/train_throughput.json"))
     args = p.parse_args()
 
@@ -94,10 +106,13 @@ def main() -> None:
         "device": str(device),
         "autocast_dtype": str(autocast_dtype(cfg.train, device) or torch.float32),
         "channels_last": uses_channels_last(cfg.train, device),
+        "numerics": training_numerics(cfg.train, device),
         "compile": args.compile,
         "machine": machine(device),
     }
     record["dense_steps"] = dense_step_throughput(data, cfg, device, steps, warmup)
+    if args.versus_fp32:
+        record["versus_fp32"] = versus_fp32(data, cfg, device, steps, warmup, args.versus_fp32)
     dense_epoch_s = dense_epoch_seconds(data, cfg, device, dense_epochs)
     record["dense_epoch"] = epoch_record(dense_epoch_s, images, dense_epochs)
     if not args.skip_jst:
@@ -147,6 +162,29 @@ def dense_step_throughput(data, cfg, device, steps: int, warmup: int) -> dict:
         "steps": steps,
         "warmup_steps": warmup,
         "seconds": seconds,
+    }
+
+
+def versus_fp32(data, cfg, device, steps: int, warmup: int, rounds: int) -> dict:
+    """Dense step throughput of ``cfg.train`` and of plain fp32 + contiguous, measured in
+    alternation; the speed-up is the ratio of their medians."""
+    plain = cfg.model_copy(
+        update={
+            "train": cfg.train.model_copy(
+                update={"precision": "fp32", "memory_format": "contiguous"}
+            )
+        }
+    )
+    chosen, fp32 = [], []
+    for _ in range(rounds):
+        chosen.append(dense_step_throughput(data, cfg, device, steps, warmup)["images_per_s"])
+        fp32.append(dense_step_throughput(data, plain, device, steps, warmup)["images_per_s"])
+    return {
+        "rounds": rounds,
+        "numerics": training_numerics(cfg.train, device),
+        "images_per_s": statistics.median(chosen),
+        "fp32_images_per_s": statistics.median(fp32),
+        "speedup": statistics.median(chosen) / statistics.median(fp32),
     }
 
 

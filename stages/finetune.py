@@ -10,7 +10,7 @@ from pipeline.data import load_prepared
 from pipeline.distributed import is_main
 from pipeline.plots import curves_chart
 from pipeline.pruning.flops import count_flops, count_params
-from pipeline.train import evaluate, resolve_device, seed_everything, train
+from pipeline.train import evaluate, resolve_device, seed_everything, train, training_numerics
 from stages.common import (
     COMPACT_DIR,
     METRICS_DIR,
@@ -30,7 +30,9 @@ from stages.common import (
 def main() -> None:
     cfg = start("finetune")
     device = resolve_device(cfg.train.device)
+    numerics = training_numerics(cfg.train, device)
     with tracked_stage(cfg, "finetune", [PREPARED_DIR, SEARCHED_DIR]) as run:
+        run.set_tags({f"train.{k}": v for k, v in numerics.items()})
         data = load_prepared(PREPARED_DIR)
         spec, model = load_compact(SEARCHED_DIR)
         seed_everything(cfg.seed)
@@ -67,9 +69,10 @@ def main() -> None:
             "epochs": cfg.finetune.epochs,
             "flops": count_flops(model, spec.input_shape),
             "params": count_params(model),
+            **numerics,
         }
         write_json(METRICS_DIR / "finetune.json", metrics)
-        run.log_metrics({k: v for k, v in metrics.items() if k != "arch_sha256"})
+        run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)})
         run.log_artifact(COMPACT_DIR / "arch.json", "architecture")
         if history:
             with tempfile.TemporaryDirectory() as tmp:

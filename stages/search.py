@@ -10,7 +10,7 @@ from pipeline.data import load_prepared
 from pipeline.distributed import is_main
 from pipeline.methods import SearchContext, SearchResult, get_method
 from pipeline.plots import curves_chart, kept_widths_chart
-from pipeline.train import resolve_device, seed_everything
+from pipeline.train import resolve_device, seed_everything, training_numerics
 from stages.common import (
     METRICS_DIR,
     PLOTS_DIR,
@@ -30,7 +30,9 @@ def main() -> None:
     cfg = start("search")
     method = get_method(cfg.search.method)
     device = resolve_device(cfg.train.device)
+    numerics = training_numerics(cfg.train, device)
     with tracked_stage(cfg, "search", [PREPARED_DIR]) as run:
+        run.set_tags({f"train.{k}": v for k, v in numerics.items()})
         data = load_prepared(PREPARED_DIR)
         seed_everything(cfg.seed)
         run.log_params({f"search.{k}": v for k, v in cfg.search.model_dump().items()})
@@ -49,6 +51,7 @@ def main() -> None:
             "target_flops": cfg.search.target_flops,
             "arch_sha256": result.spec.sha256,
             **result.summary,
+            **numerics,
         }
         write_json(METRICS_DIR / "search.json", metrics)
 

@@ -1,4 +1,4 @@
-"""The training step's speed settings: no-ops on a CPU under auto, applied where asked."""
+"""The training step's speed settings: what auto picks per device, applied where asked."""
 
 import math
 
@@ -14,6 +14,7 @@ from pipeline.train import (
     make_optimizer,
     recalibrate_bn,
     train_steps,
+    training_numerics,
     uses_channels_last,
 )
 
@@ -51,17 +52,35 @@ def run_steps(train_settings, net=None):
     return net, stats
 
 
-def test_auto_is_plain_fp32_contiguous_on_cpu_and_fast_on_cuda():
+@pytest.fixture(params=[True, False], ids=["amx", "no-amx"])
+def amx(request, monkeypatch):
+    """This CPU with and without bf16 matrix units (the hardware probe, answered)."""
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: request.param)
+    return request.param
+
+
+def test_auto_is_fast_on_cuda_and_on_cpus_with_matrix_units_else_plain_fp32(amx):
     auto = settings()
-    assert autocast_dtype(auto, CPU) is None
-    assert not uses_channels_last(auto, CPU)
+    assert autocast_dtype(auto, CPU) == (torch.bfloat16 if amx else None)
+    assert uses_channels_last(auto, CPU) == amx
+    assert training_numerics(auto, CPU) == (
+        {"precision": "bf16", "memory_format": "channels_last"}
+        if amx
+        else {"precision": "fp32", "memory_format": "contiguous"}
+    )
     assert gpu_data_limit(auto, CPU) is None
     assert uses_channels_last(auto, CUDA)
     assert gpu_data_limit(settings(gpu_data_max_mb=3), CUDA) == 3 * 2**20
     assert autocast_dtype(settings(precision="fp32"), CUDA) is None
+    assert autocast_dtype(settings(precision="fp32"), CPU) is None
+    assert training_numerics(settings(precision="fp32", memory_format="contiguous"), CPU) == {
+        "precision": "fp32",
+        "memory_format": "contiguous",
+    }
 
 
-def test_auto_leaves_cpu_training_bit_for_bit_unchanged():
+def test_auto_without_matrix_units_leaves_cpu_training_bit_for_bit_unchanged(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     auto_net, auto_stats = run_steps(settings())
     plain_net, plain_stats = run_steps(settings(precision="fp32", memory_format="contiguous"))
     assert auto_stats == plain_stats

@@ -15,9 +15,12 @@ from pathlib import Path
 import mlflow
 import onnx
 import pytest
+import torch
 from mlflow import MlflowClient
 
+from pipeline.config import parse_config
 from pipeline.tracking import file_md5
+from pipeline.train import training_numerics
 from tests.e2e.e2e_repo import (
     STAGES,
     E2ERepo,
@@ -209,6 +212,12 @@ def test_tracking_store_has_nested_runs_and_registered_model(
     downloaded = Path(client.download_artifacts(search_run, "architecture/arch.json", tmp_path))
     assert downloaded.read_bytes() == (repo.root / "models" / "searched" / "arch.json").read_bytes()
     assert by_stage["search"].data.metrics["flops_ratio"] == pytest.approx(search["flops_ratio"])
+    # What train.precision / memory_format "auto" resolved to on this machine, recorded.
+    expected = training_numerics(parse_config({}).train, torch.device("cpu"))
+    for stage in ("search", "finetune"):
+        assert {k: repo.metrics(stage)[k] for k in expected} == expected, stage
+        tags = by_stage[stage].data.tags
+        assert {k: tags[f"train.{k}"] for k in expected} == expected, stage
 
     assert model_versions(client) == [1]
     version = client.get_model_version(MODEL_NAME, "1")
