@@ -154,7 +154,9 @@ class SearchConfig(_Section):
     epochs: int = Field(10, ge=0, le=10000)
     lr: float = Field(0.1, gt=0, le=10)
     k_min: int = Field(1, ge=1, le=4096)
-    round_to: int = Field(1, ge=1, le=256)
+    # auto: the deployment hardware's channel block (pipeline.hardware), resolved by
+    # SearchContext; the value used is in metrics/search.json.
+    round_to: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = 1
     prune_residual: bool = True
     slimming: SlimmingConfig = SlimmingConfig()
     jst: JstConfig = JstConfig()

@@ -50,6 +50,7 @@ def main() -> None:
             "method": cfg.search.method,
             "target_flops": cfg.search.target_flops,
             "arch_sha256": result.spec.sha256,
+            "round_to": ctx.config.search.round_to,  # auto resolved
             **result.summary,
             **numerics,
         }

@@ -16,6 +16,7 @@ from torch import nn
 from pipeline.config import PipelineConfig
 from pipeline.data import PreparedData
 from pipeline.errors import ConfigError
+from pipeline.hardware import deployment_channel_block
 from pipeline.models import create_model
 from pipeline.pruning.flops import FlopsModel
 from pipeline.pruning.groups import ChannelLayout
@@ -33,6 +34,14 @@ class SearchContext:
     device: torch.device
     workdir: Path | None = None  # checkpoints of long phases live here
     log_metrics: MetricsLogger = lambda metrics, step: None  # noqa: E731
+
+    def __post_init__(self) -> None:
+        """Methods see ``search.round_to`` as a number: ``auto`` becomes the channel block
+        of the hardware the model is deployed to."""
+        if self.config.search.round_to == "auto":
+            block = deployment_channel_block(self.config.evaluate.device)
+            search = self.config.search.model_copy(update={"round_to": block})
+            self.config = self.config.model_copy(update={"search": search})
 
 
 @dataclass
