@@ -151,6 +151,10 @@ class JstConfig(_Section):
 class SearchConfig(_Section):
     method: str = "jst"
     target_flops: float = 0.5
+    # A latency budget replaces the FLOPs budget when set: at most this fraction of the
+    # dense model's latency, measured on the deployment runtime (pipeline.latency).
+    target_latency: float | None = None
+    latency_batch: int = Field(64, ge=1, le=65536)
     epochs: int = Field(10, ge=0, le=10000)
     lr: float = Field(0.1, gt=0, le=10)
     k_min: int = Field(1, ge=1, le=4096)
@@ -177,6 +181,15 @@ class SearchConfig(_Section):
     def _budget_in_range(cls, v: float) -> float:
         if not 0 < v <= 1:
             raise ValueError("must be in (0, 1] (the fraction of the dense FLOPs to keep)")
+        return v
+
+    @field_validator("target_latency")
+    @classmethod
+    def _latency_budget_in_range(cls, v: float | None) -> float | None:
+        if v is not None and not 0 < v <= 1:
+            raise ValueError(
+                "must be in (0, 1] (the fraction of the dense model's latency to keep) or null"
+            )
         return v
 
     @model_validator(mode="after")

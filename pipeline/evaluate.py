@@ -14,6 +14,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,10 @@ def open_session(
     options = ort.SessionOptions()
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.inter_op_num_threads = 1  # a sequential CNN graph gains nothing from more
+    # Denormal activations cost up to 75x (ResNet-56, batch 1: 154 ms vs 2 ms); flushing
+    # them to zero changes no prediction. ORT applies this to its worker threads;
+    # ``time_interleaved`` flushes on the calling thread, where one-thread sessions run.
+    options.add_session_config_entry("session.set_denormal_as_zero", "1")
     if intra_op_threads is not None:
         options.intra_op_num_threads = intra_op_threads
     try:
@@ -156,11 +161,24 @@ def time_interleaved(
     """
     if not runners or warmup < 0 or repeats < 1:
         raise ValueError("need at least one runner, warmup >= 0 and repeats >= 1")
-    for _ in range(warmup):
-        for run in runners.values():
-            run()
-    times = _interleaved_times(runners, repeats)
+    with flushed_denormals():
+        for _ in range(warmup):
+            for run in runners.values():
+                run()
+        times = _interleaved_times(runners, repeats)
     return {name: _summary(ms) for name, ms in times.items()}
+
+
+@contextmanager
+def flushed_denormals():
+    """Denormals flushed to zero on this thread (FTZ/DAZ), as deployments should run:
+    ORT sets it on the calling thread for the first session of a process only."""
+    supported = torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if supported:
+            torch.set_flush_denormal(False)
 
 
 def speedup(dense_ms: float, compact_ms: float) -> float:

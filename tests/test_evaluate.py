@@ -15,6 +15,7 @@ from pipeline.evaluate import (
     open_session,
     select_providers,
     speedup,
+    time_interleaved,
     top_k_accuracy,
 )
 
@@ -160,3 +161,14 @@ def test_latency_structure_and_values(model_path):
 
 def test_speedup():
     assert speedup(10.0, 4.0) == 2.5
+
+
+def test_sessions_flush_denormals_and_timing_runs_with_them_flushed(model_path):
+    session, _ = open_session(model_path, "cpu", intra_op_threads=1)
+    entry = session.get_session_options().get_session_config_entry("session.set_denormal_as_zero")
+    assert entry == "1"
+    denormal = torch.tensor([1e-39])  # below float32's smallest normal (1.2e-38)
+    seen = []
+    time_interleaved({"probe": lambda: seen.append(float(denormal * 1.0))}, warmup=0, repeats=2)
+    assert seen == [0.0, 0.0]  # flushed while timed (a 75x slowdown otherwise)
+    assert float(denormal * 1.0) > 0  # and restored afterwards

@@ -6,9 +6,11 @@ one means writing one module with a ``@register_method("name")`` function.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -23,6 +25,9 @@ from pipeline.pruning.groups import ChannelLayout
 from pipeline.pruning.slicing import build_model, slice_weights, spec_for_indices
 from pipeline.pruning.spec import ArchSpec
 from pipeline.train import train
+
+if TYPE_CHECKING:
+    from pipeline.latency import LatencyModel
 
 MetricsLogger = Callable[[dict, int], None]
 
@@ -77,12 +82,22 @@ def get_method(name: str) -> SearchMethod:
 
 
 @dataclass
+class Budget:
+    """What the compact model must fit: ``cost.ratio(widths) <= target``, with the cost
+    model FLOPs (``search.target_flops``) or measured latency (``search.target_latency``)."""
+
+    cost: FlopsModel | LatencyModel
+    target: float
+
+
+@dataclass
 class DenseSetup:
     model: nn.Module
     layout: ChannelLayout
-    flops: FlopsModel
+    flops: FlopsModel  # what the reports count, whatever the budget
     spec: ArchSpec  # the dense architecture
     groups: list[str]  # the groups the method may prune
+    budget: Budget
 
 
 def dense_setup(ctx: SearchContext) -> DenseSetup:
@@ -95,7 +110,45 @@ def dense_setup(ctx: SearchContext) -> DenseSetup:
         cfg.model.arch, tuple(data.input_shape), data.num_classes, layout.dense_widths()
     )
     groups = layout.prunable_groups(cfg.search.prune_residual)
-    return DenseSetup(model, layout, flops, spec, groups)
+    s = cfg.search
+    if s.target_latency is None:
+        budget = Budget(flops, s.target_flops)
+    else:
+        latency = deployment_latency_model(cfg, model, layout, spec, groups)
+        budget = Budget(latency, s.target_latency)
+    return DenseSetup(model, layout, flops, spec, groups, budget)
+
+
+def deployment_latency_model(cfg, model, layout, spec: ArchSpec, groups) -> LatencyModel:
+    """The latency model of the runtime the evaluate stage deploys to (its provider and
+    threads, at ``search.latency_batch``), measured once per machine and cached."""
+    from pipeline.evaluate import select_providers
+    from pipeline.latency import LatencyModel, Runtime, network_latency_ms, width_choices
+    from pipeline.progress import console
+
+    runtime = Runtime(
+        provider=select_providers(cfg.evaluate.device)[0],
+        threads=cfg.evaluate.threads,
+        batch=cfg.search.latency_batch,
+    )
+    choices = width_choices(spec.widths, groups, cfg.search.k_min, cfg.search.round_to)
+
+    def measure(widths) -> float:
+        compact = build_model(replace(spec, widths=dict(widths)))
+        return network_latency_ms(compact, spec.input_shape, runtime)
+
+    def progress(done: int, total: int) -> None:
+        if done == 1 or done == total or done % 25 == 0:
+            console.log(f"latency model: timed {done}/{total} layer shapes on {runtime.provider}")
+
+    return LatencyModel(
+        model, layout, spec.input_shape, choices, runtime, latency_cache_dir(), measure, progress
+    )
+
+
+def latency_cache_dir() -> Path:
+    """Where layer timings are kept between runs: $JST_CACHE_DIR, else ~/.cache/jst-pipeline."""
+    return Path(os.environ.get("JST_CACHE_DIR") or Path.home() / ".cache" / "jst-pipeline")
 
 
 def train_phase(
@@ -139,8 +192,16 @@ def compact_from_dense(
 
 
 def budget_summary(setup: DenseSetup, spec: ArchSpec) -> dict:
-    return {
+    summary = {
         "flops_ratio": setup.flops.ratio(spec.widths),
         "flops": setup.flops(spec.widths),
         "dense_flops": setup.flops.dense_flops,
     }
+    if setup.budget.cost.name == "latency":
+        latency = setup.budget.cost
+        summary |= {
+            "predicted_latency_ratio": latency.ratio(spec.widths),
+            "predicted_latency_ms": latency(spec.widths),
+            "dense_latency_ms": latency.dense_ms,
+        }
+    return summary

@@ -38,8 +38,8 @@ RECALIBRATION_BATCHES = 10
 @register_method("scratch")
 def scratch(ctx: SearchContext) -> SearchResult:
     setup = dense_setup(ctx)
-    s = ctx.config.search
-    widths = uniform_budget_widths(setup.flops, setup.groups, s.target_flops, s.k_min, s.round_to)
+    s, budget = ctx.config.search, setup.budget
+    widths = uniform_budget_widths(budget.cost, setup.groups, budget.target, s.k_min, s.round_to)
     return train_from_scratch(ctx, widths, setup=setup)
 
 
@@ -63,17 +63,17 @@ def train_from_scratch(
 
 def _prune_pretrained(ctx: SearchContext, scores_of, name: str, *, regularizer=None):
     setup = dense_setup(ctx)
-    s = ctx.config.search
+    s, budget = ctx.config.search, setup.budget
     setup.model.to(ctx.device)
     history = train_phase(ctx, setup.model, f"{name}_pretrain", 1.0, regularizer=regularizer)
     scores = scores_of(setup)
     if name == "slimming":
         widths = global_threshold_widths(
-            setup.flops, scores, setup.groups, s.target_flops, s.k_min, s.round_to
+            budget.cost, scores, setup.groups, budget.target, s.k_min, s.round_to
         )
     else:
         widths = uniform_budget_widths(
-            setup.flops, setup.groups, s.target_flops, s.k_min, s.round_to
+            budget.cost, setup.groups, budget.target, s.k_min, s.round_to
         )
     keep = indices_from_scores(scores, widths)
     spec, compact = compact_from_dense(setup, keep)

@@ -1,4 +1,4 @@
-"""Choosing group widths that meet a FLOPs budget.
+"""Choosing group widths that meet a budget: FLOPs, or latency on the deployment runtime.
 
 All baselines end in the same place: widths whose FLOPs ratio is at most the target and
 within ``tolerance`` of it. Coarse choices (one ratio for every layer, one global
@@ -17,6 +17,7 @@ from pipeline.errors import PipelineError
 from pipeline.pruning.flops import FlopsModel
 
 Widths = dict[str, int]
+CostModel = FlopsModel  # or pipeline.latency.LatencyModel: dense_widths, dense_cost, ratio
 
 
 def round_width(width: float, dense: int, k_min: int, round_to: int = 1) -> int:
@@ -54,10 +55,11 @@ def check_feasible(flops: FlopsModel, groups: Sequence[str], target: float, k_mi
     smallest = uniform_widths(flops, groups, 0.0, k_min, round_to)
     floor_ratio = flops.ratio(smallest)
     if floor_ratio > target:
+        knob = f"search.target_{flops.name}"
         raise PipelineError(
-            f"search.target_flops={target} cannot be met: even keeping only k_min={k_min} "
-            f"channels per prunable group keeps {floor_ratio:.3f} of the FLOPs. Raise "
-            "search.target_flops, lower search.k_min, or set search.prune_residual: true."
+            f"{knob}={target} cannot be met: even keeping only k_min={k_min} channels per "
+            f"prunable group keeps {floor_ratio:.3f} of the {flops.name}. Raise {knob}, "
+            "lower search.k_min or search.round_to, or set search.prune_residual: true."
         )
 
 
@@ -69,9 +71,9 @@ def fill_to_budget(
     target: float,
     round_to: int = 1,
 ) -> Widths:
-    """Add channels (``round_to`` at a time), highest priority first, while FLOPs fit."""
+    """Add channels (``round_to`` at a time), highest priority first, while they fit."""
     widths = dict(widths)
-    budget = target * flops.dense_flops
+    budget = target * flops.dense_cost
     while True:
         candidates = []
         for g in groups:

@@ -67,7 +67,10 @@ class _Term:
 
 
 class FlopsModel:
-    """Analytic FLOPs of a model family for any assignment of group widths."""
+    """Analytic FLOPs of a model family for any assignment of group widths; a cost model
+    of the budget projection (``pipeline.latency.LatencyModel`` is the other)."""
+
+    name = "flops"
 
     def __init__(self, dense: nn.Module, layout: ChannelLayout, input_shape):
         macs = _trace_macs(dense, input_shape)
@@ -97,6 +100,10 @@ class FlopsModel:
             o = widths[t.out_group] if t.out_group else t.out_fixed
             total += t.coefficient * i * o
         return total
+
+    @property
+    def dense_cost(self) -> int:
+        return self.dense_flops
 
     def ratio(self, widths: dict[str, int]) -> float:
         return self(widths) / self.dense_flops

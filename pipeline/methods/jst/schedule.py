@@ -24,7 +24,9 @@ class Schedule:
     frozen_iterations: int  # the last ones train one fixed architecture
 
     @classmethod
-    def from_config(cls, search: SearchConfig) -> Schedule:
+    def from_config(cls, search: SearchConfig, target: float | None = None) -> Schedule:
+        """The schedule of ``search``; ``target`` is the final budget (default: its
+        FLOPs target)."""
         j = search.jst
         iteration_epochs = search.epochs - j.warmup_epochs  # > 0: SearchConfig checks it
         # sum_t E_t = E_1 * K * (1 + decay) / 2 for a linear decay
@@ -33,7 +35,7 @@ class Schedule:
         sigma_min = j.sigma_min if j.perturbation else 0.0
         return cls(
             j.iterations,
-            search.target_flops,
+            search.target_flops if target is None else target,
             j.anneal_fraction,
             j.warmup_epochs,
             first,

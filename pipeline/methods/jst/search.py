@@ -63,7 +63,7 @@ class Candidate:
     widths: dict[str, int]
     tau: dict[str, float]  # projected keep-masses
     decision: object | None
-    flops_ratio: float
+    budget_ratio: float  # of the budget's cost model: FLOPs or latency
     score: float = 0.0
     reward: float = 0.0
 
@@ -81,13 +81,14 @@ class JointSearch:
         self.ctx = ctx
         cfg, self.search_cfg, self.jst = ctx.config, ctx.config.search, ctx.config.search.jst
         self.device = ctx.device
-        self.schedule = Schedule.from_config(self.search_cfg)
         self.setup: DenseSetup = dense_setup(ctx)
+        self.budget = self.setup.budget  # FLOPs or latency: what candidates are projected on
+        self.schedule = Schedule.from_config(self.search_cfg, self.budget.target)
         s = self.search_cfg
-        check_feasible(self.setup.flops, self.setup.groups, s.target_flops, s.k_min, s.round_to)
+        check_feasible(self.budget.cost, self.setup.groups, self.budget.target, s.k_min, s.round_to)
         self.setup.model.to(self.device)
         self.groups = self.setup.groups
-        self.sampler = Sampler(self.setup.flops, self.groups, s.k_min, s.round_to)
+        self.sampler = Sampler(self.budget.cost, self.groups, s.k_min, s.round_to)
         self.data = ctx.data  # weights and gates train on data.train; candidates score on val
         self.alpha = {g: torch.zeros(self.setup.layout.groups[g].width) for g in self.groups}
         self.tau = {g: 1.0 for g in self.groups}
@@ -211,7 +212,7 @@ class JointSearch:
         self._recalibrate(sub, sub_alpha, calibration)
         self._update_target(sub, sub_alpha, chosen.keep)
         val_top1 = distributed.broadcast_object(self._val_accuracy(sub, sub_alpha))
-        meets = chosen.flops_ratio <= self.search_cfg.target_flops + 1e-9
+        meets = chosen.budget_ratio <= self.budget.target + 1e-9
         if meets and (self.best is None or val_top1 > self.best["val_top1"]):
             self._remember_best(t, val_top1, chosen.keep, sub, sub_alpha)
 
@@ -232,7 +233,8 @@ class JointSearch:
             "lr": lr,
             "epochs": epochs,
             "frozen": int(frozen),
-            "flops_ratio": chosen.flops_ratio,
+            "flops_ratio": self.setup.flops.ratio(chosen.widths),
+            **({} if self.budget.cost.name == "flops" else {"budget_ratio": chosen.budget_ratio}),
             **scoring,
             "val_top1": val_top1,
             "policy_entropy": self.policy.entropy(states),
@@ -286,7 +288,7 @@ class JointSearch:
     def _candidate_at(self, keep: Keep) -> Candidate:
         widths = {g: len(k) for g, k in keep.items()}
         tau = dict(self.tau)
-        return Candidate(keep, widths, tau, None, self.setup.flops.ratio(widths))
+        return Candidate(keep, widths, tau, None, self.budget.cost.ratio(widths))
 
     def _draw(self, states: torch.Tensor, budget: float, sigma: float, delta: float) -> Candidate:
         """Steps 2-5: perturb alpha, move thresholds, sample, project onto the budget."""
@@ -306,7 +308,7 @@ class JointSearch:
             tau = {g: 1.0 for g in self.groups}  # one shared value, set by the projection
         projected, widths = self.sampler.project(scores, tau, budget)
         keep = self.sampler.keep_indices(scores, widths)
-        return Candidate(keep, widths, projected, decision, self.setup.flops.ratio(widths))
+        return Candidate(keep, widths, projected, decision, self.budget.cost.ratio(widths))
 
     @torch.no_grad()
     def _score(
@@ -324,7 +326,7 @@ class JointSearch:
                 correct = sum(int((sub(x).argmax(1) == y).sum()) for _, (x, y) in score_batches)
             seen = sum(len(y) for _, (_, y) in score_batches)
             c.score = correct / max(1, seen)
-            c.reward = c.score - self.jst.budget_penalty * abs(c.flops_ratio / budget - 1)
+            c.reward = c.score - self.jst.budget_penalty * abs(c.budget_ratio / budget - 1)
 
     def _agree_on_rewards(self, candidates: list[Candidate]) -> None:
         """Several processes: every rank takes rank 0's scores (no-op with one)."""

@@ -1,0 +1,90 @@
+"""How well the latency model predicts: predicted vs measured whole-network latency on
+random compact networks (ONNX Runtime, one process, side by side).
+
+    uv run --frozen python benchmarks/latency_model.py   # ResNet-20, batch 64, 1 thread
+    uv run --frozen python benchmarks/latency_model.py --arch resnet56 --networks 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import random
+import statistics
+import time
+from pathlib import Path
+
+from pipeline.latency import LatencyModel, Runtime, network_latency_ms, width_choices
+from pipeline.models import create_model
+from pipeline.pruning.flops import FlopsModel
+from pipeline.pruning.slicing import build_model
+from pipeline.pruning.spec import ArchSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--arch", default="resnet20")
+    p.add_argument("--input", type=int, nargs=3, default=[3, 32, 32])
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--round-to", type=int, default=8)
+    p.add_argument("--networks", type=int, default=20)
+    p.add_argument("--cache-dir", default=str(Path.home() / ".cache/jst-pipeline"))
+    p.add_argument("--out", default=str(ROOT / "benchmarks/results/latency_model.json"))
+    args = p.parse_args()
+
+    shape = tuple(args.input)
+    dense = create_model(args.arch, num_classes=10, in_channels=shape[0], input_size=shape[1])
+    layout = dense.channel_layout()
+    groups = layout.prunable_groups(True)
+    runtime = Runtime(threads=args.threads, batch=args.batch)
+    choices = width_choices(layout.dense_widths(), groups, 1, args.round_to)
+    spec = ArchSpec(args.arch, shape, 10, layout.dense_widths())
+
+    def measure(widths) -> float:
+        return network_latency_ms(
+            build_model(dataclasses.replace(spec, widths=widths)), shape, runtime
+        )
+
+    start = time.perf_counter()
+    model = LatencyModel(dense, layout, shape, choices, runtime, Path(args.cache_dir), measure)
+    build_s = time.perf_counter() - start
+    flops = FlopsModel(dense, layout, shape)
+    rng = random.Random(0)
+    rows = []
+    for i in range(args.networks):
+        widths = {g: rng.choice(c) for g, c in choices.items()}
+        predicted, measured = model(widths), measure(widths)
+        rows.append(
+            {
+                "widths": widths,
+                "flops_ratio": flops.ratio(widths),
+                "predicted_ms": predicted,
+                "measured_ms": measured,
+                "error": predicted / measured - 1,
+            }
+        )
+        print(f"{i + 1}/{args.networks} predicted {predicted:.2f} ms measured {measured:.2f} ms")
+    errors = [abs(r["error"]) for r in rows]
+    record = {
+        "arch": args.arch,
+        "runtime": runtime.__dict__,
+        "round_to": args.round_to,
+        "build_s": build_s,
+        "layer_points": len(model.table),
+        "calibration": model.calibration,
+        "dense_measured_ms": measure(layout.dense_widths()),
+        "dense_predicted_ms": model.dense_ms,
+        "median_abs_error": statistics.median(errors),
+        "max_abs_error": max(errors),
+        "networks": rows,
+    }
+    Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in record.items() if k != "networks"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
