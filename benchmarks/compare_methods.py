@@ -55,6 +55,8 @@ VARIANTS = {
 }
 # Not methods but diagnostics (name -> the variant whose architecture they retrain), run
 # only when named in --variants (at the ablation budgets).
+LATENCY_THREADS = 1  # ONNX Runtime CPU threads of every latency measured or budgeted here
+
 # Training numerics of a benchmark run, as train.* settings; the same for every method.
 PRECISIONS = {
     "fp32": {"precision": "fp32", "memory_format": "contiguous"},
@@ -97,6 +99,13 @@ def parse_args() -> argparse.Namespace:
         help="bf16: bf16 autocast + channels_last for every method (AMX CPUs, GPUs);\n"
         "a cell holds one precision, so fp32 and bf16 runs are never compared",
     )
+    p.add_argument(
+        "--budget-metric",
+        choices=["flops", "latency"],
+        default="flops",
+        help="latency: the budgets are fractions of the dense model's latency on ONNX\n"
+        "Runtime CPU, batch 64, 1 thread (search.target_latency), not of its FLOPs",
+    )
     p.add_argument("--results", default=str(ROOT / "benchmarks/results/compare_methods.json"))
     p.add_argument("--report", default=str(ROOT / "docs/comparison.md"))
     p.add_argument("--report-only", action="store_true")
@@ -129,9 +138,14 @@ def config_for(args, method: str, budget: float, seed: int, jst_overrides: dict)
                 "batch_size": 128,
                 "augment": {"crop_padding": max(1, args.image_size // 8), "hflip": True},
             },
+            "evaluate": {"threads": LATENCY_THREADS},
             "search": {
                 "method": method,
-                "target_flops": budget,
+                **(
+                    {"target_latency": budget, "latency_batch": 64}
+                    if args.budget_metric == "latency"
+                    else {"target_flops": budget}
+                ),
                 "epochs": args.search_epochs,
                 "lr": 0.1,
                 "round_to": args.round_to,
@@ -142,15 +156,16 @@ def config_for(args, method: str, budget: float, seed: int, jst_overrides: dict)
     )
 
 
-def latency_ms(model, input_shape, samples) -> float:
+def latencies_ms(models: dict, input_shape, samples) -> dict[str, float]:
+    """Median batch-64 latency of each model on ONNX Runtime CPU, timed interleaved."""
+    sessions = {}
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "m.onnx"
-        export_onnx(model.cpu().eval(), input_shape, path, sample_inputs=samples)
-        session, _ = open_session(path, "cpu")
-        timing = measure_latency(
-            {"m": session}, input_shape, batch_sizes=[64], warmup=5, repeats=30
-        )
-    return timing["batch_64"]["m"]["median_ms"]
+        for name, model in models.items():
+            path = Path(tmp) / f"{name}.onnx"
+            export_onnx(model.cpu().eval(), input_shape, path, sample_inputs=samples)
+            sessions[name] = open_session(path, "cpu", intra_op_threads=LATENCY_THREADS)[0]
+        timing = measure_latency(sessions, input_shape, batch_sizes=[64], warmup=5, repeats=30)
+    return {name: t["median_ms"] for name, t in timing["batch_64"].items()}
 
 
 def run_one(args, variant: str, budget: float, seed: int) -> dict:
@@ -188,8 +203,11 @@ def run_one(args, variant: str, budget: float, seed: int) -> dict:
         desc=f"{variant} finetune",
     )
     wall_s = time.perf_counter() - start
-    dense_flops = count_flops(build_model(result.dense_spec), data.input_shape)
+    dense = build_model(result.dense_spec)
+    dense_flops = count_flops(dense, data.input_shape)
     samples = normalize(data.test.images[:16], data.mean, data.std)
+    # Untrained dense weights: latency does not depend on their values.
+    latency = latencies_ms({"compact": model, "dense": dense}, data.input_shape, samples)
     return {
         "arch": args.arch,
         "variant": variant,
@@ -200,7 +218,11 @@ def run_one(args, variant: str, budget: float, seed: int) -> dict:
         "test_top1": evaluate(model, data.test, data, device)["top1"],
         "flops_ratio": count_flops(model, data.input_shape) / dense_flops,
         "params": count_params(model),
-        "latency_b64_ms": latency_ms(model, data.input_shape, samples),
+        "latency_b64_ms": latency["compact"],
+        "dense_latency_b64_ms": latency["dense"],
+        "latency_ratio": latency["compact"] / latency["dense"],
+        "budget_metric": args.budget_metric,
+        **{k: v for k, v in result.summary.items() if k.startswith("predicted_latency")},
         "search_s": search_s,
         "wall_s": wall_s,
         "train_gmacs": training_gmacs(variant, method, cfg, result, data, dense_flops),
@@ -243,6 +265,7 @@ def run_key(record: dict) -> tuple:
         record.get("search_epochs", 12),
         record.get("finetune_epochs", 6),
         record.get("precision", "fp32"),
+        record.get("budget_metric", "flops"),
     )
 
 
@@ -272,6 +295,7 @@ def main() -> None:
                 args.search_epochs,
                 args.finetune_epochs,
                 args.precision,
+                args.budget_metric,
             )
             if key in {run_key(r) for r in load_store(results_path)["runs"]}:
                 continue
@@ -330,22 +354,24 @@ def cells(store: dict) -> dict:
 
 
 def cell_of(record: dict) -> tuple:
-    arch, _, _, _, search, finetune, precision = run_key(record)
-    return arch, search, finetune, precision
+    arch, _, _, _, search, finetune, precision, metric = run_key(record)
+    return arch, search, finetune, precision, metric
 
 
 def cell_name(cell: tuple) -> str:
-    """``resnet20:12+6``, with ``:bf16`` appended for bf16 cells (fp32 names predate it)."""
-    arch, search, finetune, precision = cell
-    return f"{arch}:{search}+{finetune}" + ("" if precision == "fp32" else f":{precision}")
+    """``resnet20:12+6``, with ``:bf16`` for bf16 cells and ``:latency`` for latency
+    budgets appended (the plain names predate them)."""
+    arch, search, finetune, precision, metric = cell
+    name = f"{arch}:{search}+{finetune}" + ("" if precision == "fp32" else f":{precision}")
+    return name + ("" if metric == "flops" else f":{metric}")
 
 
 def method_table(rows: dict) -> list[str]:
     order = list(VARIANTS)
     lines = [
-        "| budget | method | test top-1 (mean ± std) | val top-1 | FLOPs ratio | params "
-        "| training cost (GMACs) | wall time (s) | seeds |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| budget | method | test top-1 (mean ± std) | val top-1 | FLOPs ratio "
+        "| latency ratio | params | training cost (GMACs) | wall time (s) | seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (budget, variant), runs in sorted(
         rows.items(), key=lambda kv: (-kv[0][0], _rank(order, kv[0][1]))
@@ -354,9 +380,11 @@ def method_table(rows: dict) -> list[str]:
         val, _ = _mean_std(r["val_top1"] for r in runs)
         costs = [r["train_gmacs"] for r in runs if "train_gmacs" in r]
         cost = f"{statistics.fmean(costs):.0f}" if costs else "–"
+        ratios = [r["latency_ratio"] for r in runs if "latency_ratio" in r]
+        latency = f"{statistics.fmean(ratios):.3f}" if ratios else "–"
         lines.append(
             f"| {budget} | {variant} | {100 * top1:.2f} ± {100 * std:.2f} | {100 * val:.2f} "
-            f"| {statistics.fmean(r['flops_ratio'] for r in runs):.3f} "
+            f"| {statistics.fmean(r['flops_ratio'] for r in runs):.3f} | {latency} "
             f"| {statistics.fmean(r['params'] for r in runs) / 1e3:.1f} k | {cost} "
             f"| {statistics.fmean(r['wall_s'] for r in runs):.0f} | {len(runs)} |"
         )
@@ -392,11 +420,12 @@ def write_report(store: dict, path: Path) -> None:
     sections = []
     path.parent.mkdir(parents=True, exist_ok=True)
     for cell, rows in sorted(cells(store).items()):
-        arch, search, finetune, precision = cell
+        arch, search, finetune, precision, metric = cell
         plot = pareto_plot(
             rows, path.with_name(f"comparison_{cell_name(cell).replace(':', '_')}.png")
         )
         numerics = "" if precision == "fp32" else ", bf16 autocast + channels_last"
+        numerics += "" if metric == "flops" else ", budget = fraction of dense latency"
         sections.append(
             f"## {arch}, {search} search + {finetune} fine-tuning epochs{numerics}\n\n"
             + "\n".join(method_table(rows))

@@ -35,7 +35,7 @@ from torch import nn
 from pipeline.errors import PipelineError
 from pipeline.evaluate import CUDA, open_session, time_interleaved
 from pipeline.export import export_onnx
-from pipeline.methods.base import DenseSetup, compact_from_dense
+from pipeline.methods.base import Budget, DenseSetup, compact_from_dense
 from pipeline.models import create_model
 from pipeline.pruning.budget import uniform_budget_widths
 from pipeline.pruning.flops import FlopsModel, count_flops
@@ -74,7 +74,8 @@ def build_variants(
     layout = model.channel_layout()
     flops = FlopsModel(model, layout, input_shape)
     spec = ArchSpec(arch, tuple(input_shape), num_classes, layout.dense_widths())
-    setup = DenseSetup(model, layout, flops, spec, layout.prunable_groups(True))
+    groups = layout.prunable_groups(True)
+    setup = DenseSetup(model, layout, flops, spec, groups, Budget(flops, 1.0))
     scores = filter_l1_scores(model, layout)
     variants = [Variant("dense", None, None, model, spec, count_flops(model, input_shape))]
     for keep in keeps:

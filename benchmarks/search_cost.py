@@ -1,7 +1,9 @@
-"""Wall time per epoch: a JST search vs dense training of the same network on the same data.
+"""Time per epoch: a JST search vs dense training of the same network on the same data.
 
-Both run in this process, one after the other, on the same split, so the ratio is robust
-to the machine's speed (absolute times on shared machines are noisy). "Epoch" counts the
+Both run in this process, one after the other, on the same split, with the shipped
+training numerics. Wall time and this process's CPU time are recorded: on a shared
+machine the CPU-time ratio is the one to read (the wall-time ratio moves with the load
+of other jobs between the two phases). "Epoch" counts the
 training epochs the search spends (warm-up + per-iteration epochs), i.e. ``search.epochs``;
 candidate scoring, BN recalibration and gate updates are overheads inside that time.
 
@@ -24,7 +26,7 @@ from pipeline.config import PipelineConfig, parse_config
 from pipeline.data import PreparedData, load_dataset
 from pipeline.methods import SearchContext, get_method
 from pipeline.models import create_model
-from pipeline.train import resolve_device, seed_everything, train
+from pipeline.train import resolve_device, seed_everything, train, training_numerics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,8 +55,12 @@ def main() -> None:
     )
     cfg = search_config(args.arch, args.target, args.epochs, {"device": args.device})
     device = resolve_device(cfg.train.device)
+    cpu_start = time.process_time()
     dense_epoch_s = dense_epoch_seconds(data, cfg, device, args.dense_epochs)
+    dense_cpu_s = (time.process_time() - cpu_start) / args.dense_epochs
+    cpu_start = time.process_time()
     jst_epoch_s = jst_epoch_seconds(data, cfg, device)
+    jst_cpu_s = (time.process_time() - cpu_start) / cfg.search.epochs
 
     record = {
         "dataset": args.dataset,
@@ -65,6 +71,12 @@ def main() -> None:
         "dense_epoch_s": dense_epoch_s,
         "jst_epoch_s": jst_epoch_s,
         "ratio": jst_epoch_s / dense_epoch_s,
+        # CPU seconds of this process: what the work costs, whatever else the machine runs
+        # (the wall-time ratio moves with the neighbours' load between the two phases).
+        "dense_epoch_cpu_s": dense_cpu_s,
+        "jst_epoch_cpu_s": jst_cpu_s,
+        "cpu_ratio": jst_cpu_s / dense_cpu_s,
+        "numerics": training_numerics(cfg.train, device),
         "search_epochs": cfg.search.epochs,
         "jst": cfg.search.jst.model_dump(),
         "device": str(device),

@@ -51,17 +51,21 @@ def test_records_of_other_models_and_schedules_are_kept_apart(compare, tmp_path)
     compare.add_record(path, record("l1", 0.5, 0, 0.60, search=60, finetune=30), args)
     compare.add_record(path, record("l1", 0.5, 0, 0.40, arch="vgg16"), args)
     compare.add_record(path, {**record("l1", 0.5, 0, 0.45), "precision": "bf16"}, args)
+    latency = {"precision": "bf16", "budget_metric": "latency"}
+    compare.add_record(path, {**record("l1", 0.5, 0, 0.47), **latency}, args)
     compare.add_record(path, record("l1", 0.5, 0, 0.55), args)  # a rerun replaces its own
     store = compare.load_store(path)
-    assert sorted(r["test_top1"] for r in store["runs"]) == [0.40, 0.45, 0.55, 0.60]
+    assert sorted(r["test_top1"] for r in store["runs"]) == [0.40, 0.45, 0.47, 0.55, 0.60]
     assert set(compare.cells(store)) == {
-        ("resnet20", 12, 6, "fp32"),
-        ("resnet20", 60, 30, "fp32"),
-        ("vgg16", 12, 6, "fp32"),
-        ("resnet20", 12, 6, "bf16"),
+        ("resnet20", 12, 6, "fp32", "flops"),
+        ("resnet20", 60, 30, "fp32", "flops"),
+        ("vgg16", 12, 6, "fp32", "flops"),
+        ("resnet20", 12, 6, "bf16", "flops"),
+        ("resnet20", 12, 6, "bf16", "latency"),
     }
     assert set(store["setups"]) == {"resnet20:12+6", "resnet20:60+30", "vgg16:12+6"} | {
-        "resnet20:12+6:bf16"
+        "resnet20:12+6:bf16",
+        "resnet20:12+6:bf16:latency",
     }
 
 
@@ -69,7 +73,7 @@ def test_old_records_without_model_or_schedule_read_as_the_short_resnet20_cell(c
     old = record("scratch", 0.3, 1, 0.5)
     for key in ("arch", "search_epochs", "finetune_epochs"):
         del old[key]
-    assert compare.run_key(old) == ("resnet20", "scratch", 0.3, 1, 12, 6, "fp32")
+    assert compare.run_key(old) == ("resnet20", "scratch", 0.3, 1, 12, 6, "fp32", "flops")
 
 
 def test_paired_differences_are_against_the_best_baseline_seed_by_seed(compare):
@@ -81,7 +85,7 @@ def test_paired_differences_are_against_the_best_baseline_seed_by_seed(compare):
         record("l1", 0.3, 0, 0.49),
         record("l1", 0.3, 1, 0.49),
     ]
-    rows = compare.cells({"runs": runs})[("resnet20", 12, 6, "fp32")]
+    rows = compare.cells({"runs": runs})[("resnet20", 12, 6, "fp32", "flops")]
     [_, _, line] = compare.paired_differences(rows)
     assert line.startswith("| 0.3 | scratch | seed 0: +1.00, seed 1: -1.00 |")
     assert "+0.00 ± 1.41" in line
