@@ -41,6 +41,9 @@ def main() -> None:
     p.add_argument("--dense-epochs", type=int, default=3)
     p.add_argument("--target", type=float, default=0.5)
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--jst", default="{}", help="search.jst overrides as JSON, e.g. '{\"alpha_lr\": 0}'"
+    )
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/search_cost.json"))
     args = p.parse_args()
 
@@ -53,7 +56,9 @@ def main() -> None:
         test_fraction=0.2,
         seed=0,
     )
-    cfg = search_config(args.arch, args.target, args.epochs, {"device": args.device})
+    cfg = search_config(
+        args.arch, args.target, args.epochs, {"device": args.device}, jst=json.loads(args.jst)
+    )
     device = resolve_device(cfg.train.device)
     cpu_start = time.process_time()
     dense_epoch_s = dense_epoch_seconds(data, cfg, device, args.dense_epochs)
@@ -102,10 +107,11 @@ def search_config(
     train: dict,
     iterations: int | None = None,
     warmup_epochs: float | None = None,
+    jst: dict | None = None,
 ) -> PipelineConfig:
-    """A JST search of ``epochs`` training epochs with the shipped knobs (``iterations``
-    and ``warmup_epochs`` override theirs); ``train`` overrides the train section."""
-    jst = shipped_jst_knobs()
+    """A JST search of ``epochs`` training epochs with the shipped knobs (``iterations``,
+    ``warmup_epochs`` and ``jst`` override theirs); ``train`` overrides the train section."""
+    jst = shipped_jst_knobs() | (jst or {})
     if iterations is not None:
         jst["iterations"] = iterations
     if warmup_epochs is not None:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
+import torch
+
 from pipeline.artifacts import load_compact
 from pipeline.data import load_prepared, normalize
 from pipeline.evaluate import measure_latency, open_session, top_k_accuracy
-from pipeline.export import check_onnx_matches
+from pipeline.export import check_onnx_matches, export_onnx, read_metadata
 from pipeline.provenance import git_state, git_tags
 from pipeline.pruning.flops import count_flops, count_params
 from pipeline.pruning.slicing import build_model, dense_spec
+from pipeline.quantize import QUANTIZATION_KEY
 from stages.common import (
     COMPACT_DIR,
     DENSE_ONNX,
@@ -36,17 +42,28 @@ def main() -> None:
 
         session, provider = open_session(ONNX_MODEL, e.device, intra_op_threads=e.threads)
         dense_session, _ = open_session(DENSE_ONNX, e.device, intra_op_threads=e.threads)
+        sessions = {"dense": dense_session, "compact": session}
         images = normalize(data.test.images, data.mean, data.std).numpy()
-        accuracy = top_k_accuracy(session, images, data.test.labels.numpy())
-        latency = measure_latency(
-            {"dense": dense_session, "compact": session},
-            spec.input_shape,
-            batch_sizes=e.batch_sizes,
-            warmup=e.warmup,
-            repeats=e.repeats,
-            seed=cfg.seed,
-        )
+        labels = data.test.labels.numpy()
+        accuracy = top_k_accuracy(session, images, labels)
+        quantization = read_metadata(ONNX_MODEL).get(QUANTIZATION_KEY, "none")
+        with tempfile.TemporaryDirectory() as tmp:
+            if quantization != "none":  # the fp32 compact model, side by side
+                fp32_path = Path(tmp) / "model_fp32.onnx"
+                samples = torch.from_numpy(images[:16])
+                export_onnx(compact, spec.input_shape, fp32_path, sample_inputs=samples)
+                sessions["fp32"] = open_session(fp32_path, e.device, intra_op_threads=e.threads)[0]
+                accuracy["fp32_top1"] = top_k_accuracy(sessions["fp32"], images, labels)["top1"]
+            latency = measure_latency(
+                sessions,
+                spec.input_shape,
+                batch_sizes=e.batch_sizes,
+                warmup=e.warmup,
+                repeats=e.repeats,
+                seed=cfg.seed,
+            )
         metrics = summarize(accuracy, latency, e.batch_sizes, provider)
+        metrics["quantization"] = quantization
         dense_flops, flops = (
             count_flops(dense, spec.input_shape),
             count_flops(compact, spec.input_shape),
@@ -73,6 +90,7 @@ def main() -> None:
                 "flops_ratio": f"{metrics['flops_ratio']:.4f}",
                 "top1": f"{metrics['top1']:.4f}",
                 "method": cfg.search.method,
+                "quantization": quantization,
                 **git_tags(git_state(ROOT)),  # what `jst reproduce` checks out
             },
             alias=cfg.tracking.alias,
@@ -85,17 +103,22 @@ def main() -> None:
 def summarize(accuracy: dict, latency: dict, batch_sizes: list[int], provider: str) -> dict:
     """Flatten latency into metrics; the headline numbers use the largest batch."""
     metrics = {"top1": accuracy["top1"], "top5": accuracy["top5"], "provider": provider}
+    if "fp32_top1" in accuracy:
+        metrics["fp32_top1"] = accuracy["fp32_top1"]
+    prefixes = {"dense": "dense_", "compact": "", "fp32": "fp32_"}
     for batch in batch_sizes:
-        per = latency[f"batch_{batch}"]
-        for model in ("dense", "compact"):
-            prefix = "dense_" if model == "dense" else ""
-            metrics[f"{prefix}latency_b{batch}_median_ms"] = per[model]["median_ms"]
-            metrics[f"{prefix}latency_b{batch}_p90_ms"] = per[model]["p90_ms"]
-    headline = f"batch_{max(batch_sizes)}"
+        for model, timing in latency[f"batch_{batch}"].items():
+            prefix = prefixes[model]
+            metrics[f"{prefix}latency_b{batch}_median_ms"] = timing["median_ms"]
+            metrics[f"{prefix}latency_b{batch}_p90_ms"] = timing["p90_ms"]
+    headline = latency[f"batch_{max(batch_sizes)}"]
     metrics["latency_batch"] = max(batch_sizes)
-    metrics["latency_ms"] = latency[headline]["compact"]["median_ms"]
-    metrics["dense_latency_ms"] = latency[headline]["dense"]["median_ms"]
+    for model, prefix in prefixes.items():
+        if model in headline:
+            metrics[f"{prefix}latency_ms"] = headline[model]["median_ms"]
     metrics["speedup"] = metrics["dense_latency_ms"] / metrics["latency_ms"]
+    if "fp32" in headline:  # what int8 adds on top of pruning
+        metrics["int8_speedup"] = metrics["fp32_latency_ms"] / metrics["latency_ms"]
     return metrics
 
 

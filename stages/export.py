@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+from pathlib import Path
 
 from pipeline.artifacts import load_compact
 from pipeline.data import load_prepared, normalize
+from pipeline.evaluate import open_session, top_k_accuracy
 from pipeline.export import export_onnx
 from pipeline.pruning.slicing import build_model, dense_spec
+from pipeline.quantize import check_accuracy_kept, quantize_int8
 from stages.common import (
     COMPACT_DIR,
     DENSE_ONNX,
@@ -36,15 +41,23 @@ def main() -> None:
             "mean": json.dumps(data.mean),
             "std": json.dumps(data.std),
         }
-        report = export_onnx(
-            model,
-            spec.input_shape,
-            ONNX_MODEL,
-            sample_inputs=samples,
-            opset=cfg.export.opset,
-            metadata=metadata,
-            tolerance=cfg.export.tolerance,
-        )
+        with tempfile.TemporaryDirectory(dir=ONNX_MODEL.parent) as tmp:
+            fp32_path = Path(tmp) / "model_fp32.onnx"
+            report = export_onnx(
+                model,
+                spec.input_shape,
+                fp32_path,
+                sample_inputs=samples,
+                opset=cfg.export.opset,
+                metadata=metadata,
+                tolerance=cfg.export.tolerance,
+            )
+            quantized = {}
+            if cfg.export.quantize == "int8":
+                quantized = quantize_checked(cfg, data, fp32_path, Path(tmp) / "model_int8.onnx")
+                os.replace(Path(tmp) / "model_int8.onnx", ONNX_MODEL)
+            else:
+                os.replace(fp32_path, ONNX_MODEL)
         # The dense architecture is exported only as the latency reference.
         dense = dense_spec(spec.model, spec.input_shape, spec.num_classes)
         dense_report = export_onnx(
@@ -62,10 +75,30 @@ def main() -> None:
             "parity_images": report.num_checked,
             "opset": cfg.export.opset,
             "arch_sha256": spec.sha256,
+            "quantize": cfg.export.quantize,
+            **quantized,
         }
         write_json(METRICS_DIR / "export.json", metrics)
-        run.log_metrics({"max_abs_diff": report.max_abs_diff})
+        run.log_metrics({"max_abs_diff": report.max_abs_diff, **quantized})
+        run.set_tags({"export.quantize": cfg.export.quantize})
         run.log_artifact(ONNX_MODEL, "onnx")
+
+
+def quantize_checked(cfg, data, fp32_path: Path, int8_path: Path) -> dict:
+    """Quantize, calibrating on training images, and refuse an int8 model whose
+    validation top-1 falls more than export.int8_max_drop below the fp32 model's."""
+    calibration = normalize(
+        data.train.images[: cfg.export.calibration_images], data.mean, data.std
+    ).numpy()
+    quantize_int8(fp32_path, int8_path, calibration)
+    images = normalize(data.val.images, data.mean, data.std).numpy()
+    labels = data.val.labels.numpy()
+    top1 = {
+        name: top_k_accuracy(open_session(path, "cpu")[0], images, labels)["top1"]
+        for name, path in (("fp32", fp32_path), ("int8", int8_path))
+    }
+    check_accuracy_kept(top1["fp32"], top1["int8"], cfg.export.int8_max_drop)
+    return {"val_top1_fp32": top1["fp32"], "val_top1_int8": top1["int8"]}
 
 
 if __name__ == "__main__":

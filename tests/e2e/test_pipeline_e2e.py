@@ -326,6 +326,29 @@ def test_experiment_reruns_from_search_and_registers_a_new_version(
     assert metadata["arch_sha256"] == earlier_arch
 
 
+def test_int8_experiment_reruns_export_and_evaluate_only_and_registers_an_int8_model(
+    repo: E2ERepo, client: MlflowClient
+) -> None:
+    assert repo.reproduce_once().returncode == 0
+    repo.commit("results before int8")
+    # The tiny model trains for seconds: its int8 loss (about a point) is not the point here.
+    overrides = ("-S", "export.quantize=int8", "-S", "export.int8_max_drop=0.2")
+    result = repo.dvc("exp", "run", "-n", "e2e-int8", *overrides, timeout=420, check=False)
+    assert result.returncode == 0, result.describe()
+    assert_no_traceback(result)
+    for stage in ("prepare", "search", "finetune"):
+        assert f"Running stage '{stage}'" not in result.output, stage
+    export, evaluate = repo.metrics("export"), repo.metrics("evaluate")
+    assert export["quantize"] == "int8"
+    assert export["val_top1_fp32"] - export["val_top1_int8"] <= 0.2
+    assert evaluate["quantization"] == "int8"
+    assert {"fp32_top1", "fp32_latency_ms", "int8_speedup", "dense_latency_ms"} <= set(evaluate)
+    ops = {node.op_type for node in onnx.load(repo.root / "models" / "model.onnx").graph.node}
+    assert "QuantizeLinear" in ops
+    newest = client.get_model_version_by_alias(MODEL_NAME, ALIAS)
+    assert newest.tags["quantization"] == "int8"
+
+
 # --------------------------------------------------------------------------- 4. bad input
 
 

@@ -124,9 +124,15 @@ class WeightsAndGates:
 
     def load_state_dict(self, state: dict) -> None:
         """Momenta and Adam moments; the learning rates stay those set now."""
-        lrs = [g["lr"] for g in self.weights.param_groups]
-        self.weights.load_state_dict(state["weights"])
-        for group, lr in zip(self.weights.param_groups, lrs, strict=True):
-            group["lr"] = lr
+        load_momenta(self.weights, state["weights"])
         if self.adam is not None and state["gates"] is not None:
             self.adam.load_state_dict(state["gates"])
+
+
+def load_momenta(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """An optimizer's saved momenta, with the learning rates it has now (a later point of
+    the schedule than the one they were saved at)."""
+    lrs = [g["lr"] for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr

@@ -11,6 +11,7 @@ docs/method.md; the numbered steps below follow it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,13 @@ from pipeline.methods.base import (
     dense_setup,
     register_method,
 )
-from pipeline.methods.jst.gates import WeightsAndGates, gates_of, learnable_gates, polarisation
+from pipeline.methods.jst.gates import (
+    WeightsAndGates,
+    gates_of,
+    learnable_gates,
+    load_momenta,
+    polarisation,
+)
 from pipeline.methods.jst.policy import PolicyLearner, group_state
 from pipeline.methods.jst.sampler import GroupScores, Sampler, gumbel_perturb
 from pipeline.methods.jst.schedule import Schedule
@@ -91,6 +98,7 @@ class JointSearch:
         self.sampler = Sampler(self.budget.cost, self.groups, s.k_min, s.round_to)
         self.data = ctx.data  # weights and gates train on data.train; candidates score on val
         self.alpha = {g: torch.zeros(self.setup.layout.groups[g].width) for g in self.groups}
+        self.gates_learn = self.jst.alpha_lr > 0  # else alpha stays 0: every gate is 1
         self.tau = {g: 1.0 for g in self.groups}
         torch.manual_seed(cfg.seed)  # the policy's initial weights
         self.policy = PolicyLearner(self.jst.action_steps, self.jst.policy_lr)
@@ -322,7 +330,7 @@ class JointSearch:
             sub = self._gather(c.keep)
             alpha = {g: self.alpha[g][c.keep[g]] for g in self.groups}
             self._recalibrate(sub, alpha, calibration)
-            with gated(sub, self.setup.layout, {g: gates_of(a) for g, a in alpha.items()}):
+            with self._gated(sub, alpha):
                 correct = sum(int((sub(x).argmax(1) == y).sum()) for _, (x, y) in score_batches)
             seen = sum(len(y) for _, (_, y) in score_batches)
             c.score = correct / max(1, seen)
@@ -351,22 +359,32 @@ class JointSearch:
         cfg, j = self.ctx.config, self.jst
         loader = self._loader(self.data.train, t, salt=3)
         steps = max(1, round(epochs * len(loader)))
-        learn = j.alpha_lr > 0
-        with learnable_gates(sub, self.setup.layout, sub_alpha, trainable=learn) as net:
+        if not self.gates_learn:  # gates fixed at 1: plain training, no hooks to pay for
+            optimizer = make_optimizer(sub, lr, cfg.train)
+            stats = self._train_steps(sub, loader, steps, optimizer, frozen)
+            return stats, sub_alpha
+        with learnable_gates(sub, self.setup.layout, sub_alpha) as net:
             optimizer = WeightsAndGates(
                 make_optimizer(sub, lr, cfg.train), net, j.alpha_lr, j.alpha_max
             )
-            if frozen and self.frozen_optimizer is not None:
-                optimizer.load_state_dict(self.frozen_optimizer)
             regularizer = None
-            if learn and j.polarisation > 0:
+            if j.polarisation > 0:
                 regularizer = lambda model: j.polarisation * polarisation(model.alpha)  # noqa: E731
-            stats = train_steps(
-                net, endless(loader), steps, optimizer, cfg.train, None, regularizer
-            )
-            if frozen:
-                self.frozen_optimizer = optimizer.state_dict()
+            stats = self._train_steps(net, loader, steps, optimizer, frozen, regularizer)
             return stats, net.alphas()
+
+    def _train_steps(self, net, loader, steps: int, optimizer, frozen: bool, regularizer=None):
+        if frozen and self.frozen_optimizer is not None:
+            if isinstance(optimizer, WeightsAndGates):
+                optimizer.load_state_dict(self.frozen_optimizer)
+            else:
+                load_momenta(optimizer, self.frozen_optimizer)
+        stats = train_steps(
+            net, endless(loader), steps, optimizer, self.ctx.config.train, None, regularizer
+        )
+        if frozen:
+            self.frozen_optimizer = optimizer.state_dict()
+        return stats
 
     def _calibration_batches(self, t: int) -> list[torch.Tensor]:
         """Un-augmented training batches of iteration t that re-estimate BN statistics
@@ -377,8 +395,7 @@ class JointSearch:
     def _recalibrate(self, sub: nn.Module, sub_alpha: Keep, batches: list[torch.Tensor]) -> None:
         """BN statistics that describe this sub-network (gated), not the ones it inherited
         and partly kept through a few hundred steps of momentum 0.1."""
-        gates = {g: gates_of(a).to(self.device) for g, a in sub_alpha.items()}
-        with gated(sub, self.setup.layout, gates):
+        with self._gated(sub, sub_alpha):
             recalibrate_bn(sub, batches)
 
     def _update_target(self, sub: nn.Module, sub_alpha: Keep, keep: Keep) -> None:
@@ -388,9 +405,15 @@ class JointSearch:
             self.alpha[g][keep[g]] = sub_alpha[g]
 
     def _val_accuracy(self, sub: nn.Module, sub_alpha: Keep) -> float:
-        gates = {g: gates_of(a).to(self.device) for g, a in sub_alpha.items()}
-        with gated(sub, self.setup.layout, gates):
+        with self._gated(sub, sub_alpha):
             return evaluate(sub, self.data.val, self.data, self.device)["top1"]
+
+    def _gated(self, sub: nn.Module, sub_alpha: Keep):
+        """``sub`` with its gates applied; gates that never learn are 1: nothing to apply."""
+        if not self.gates_learn:
+            return contextlib.nullcontext()
+        gates = {g: gates_of(a).to(self.device) for g, a in sub_alpha.items()}
+        return gated(sub, self.setup.layout, gates)
 
     # ---------------------------------------------------------------- result
     def _result(self) -> SearchResult:
