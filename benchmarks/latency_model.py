@@ -8,17 +8,15 @@ random compact networks (ONNX Runtime, one process, side by side).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import random
 import statistics
 import time
 from pathlib import Path
 
-from pipeline.latency import LatencyModel, Runtime, network_latency_ms, width_choices
+from pipeline.latency import LatencyModel, NetworkTimer, Runtime, width_choices
 from pipeline.models import create_model
 from pipeline.pruning.flops import FlopsModel
-from pipeline.pruning.slicing import build_model
 from pipeline.pruning.spec import ArchSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,10 +42,7 @@ def main() -> None:
     choices = width_choices(layout.dense_widths(), groups, 1, args.round_to)
     spec = ArchSpec(args.arch, shape, 10, layout.dense_widths())
 
-    def measure(widths) -> float:
-        return network_latency_ms(
-            build_model(dataclasses.replace(spec, widths=widths)), shape, runtime
-        )
+    measure = NetworkTimer(spec, runtime)
 
     start = time.perf_counter()
     model = LatencyModel(dense, layout, shape, choices, runtime, Path(args.cache_dir), measure)

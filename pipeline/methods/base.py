@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -123,7 +123,7 @@ def deployment_latency_model(cfg, model, layout, spec: ArchSpec, groups) -> Late
     """The latency model of the runtime the evaluate stage deploys to (its provider and
     threads, at ``search.latency_batch``), measured once per machine and cached."""
     from pipeline.evaluate import select_providers
-    from pipeline.latency import LatencyModel, Runtime, network_latency_ms, width_choices
+    from pipeline.latency import LatencyModel, NetworkTimer, Runtime, width_choices
     from pipeline.progress import console
 
     runtime = Runtime(
@@ -133,16 +133,19 @@ def deployment_latency_model(cfg, model, layout, spec: ArchSpec, groups) -> Late
     )
     choices = width_choices(spec.widths, groups, cfg.search.k_min, cfg.search.round_to)
 
-    def measure(widths) -> float:
-        compact = build_model(replace(spec, widths=dict(widths)))
-        return network_latency_ms(compact, spec.input_shape, runtime)
-
     def progress(done: int, total: int) -> None:
         if done == 1 or done == total or done % 25 == 0:
             console.log(f"latency model: timed {done}/{total} layer shapes on {runtime.provider}")
 
     return LatencyModel(
-        model, layout, spec.input_shape, choices, runtime, latency_cache_dir(), measure, progress
+        model,
+        layout,
+        spec.input_shape,
+        choices,
+        runtime,
+        latency_cache_dir(),
+        NetworkTimer(spec, runtime),
+        progress,
     )
 
 
