@@ -32,6 +32,7 @@ import torch
 from search_cost import dense_epoch_seconds, jst_epoch_seconds, search_config
 
 from pipeline.data import PreparedData, Split
+from pipeline.hardware import processor_name
 from pipeline.models import create_model
 from pipeline.train import (
     autocast_dtype,
@@ -194,7 +195,7 @@ def epoch_record(epoch_s: float, images: int, epochs: int) -> dict:
 
 def machine(device: torch.device) -> dict:
     info = {
-        "cpu": cpu_model(),
+        "cpu": processor_name(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -204,16 +205,6 @@ def machine(device: torch.device) -> dict:
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
     return info
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

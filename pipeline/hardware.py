@@ -10,6 +10,9 @@ block.
 
 from __future__ import annotations
 
+import platform
+from pathlib import Path
+
 import torch
 
 GPU_CHANNEL_BLOCK = 8  # tensor-core friendly widths
@@ -27,3 +30,14 @@ def cpu_channel_block() -> int:
     """16 floats on AVX-512 CPUs, 8 elsewhere (AVX2, and CPUs ONNX Runtime does not
     block for, where 8 costs little)."""
     return 16 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 8
+
+
+def processor_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

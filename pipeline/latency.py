@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import platform
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -34,6 +33,7 @@ import torch
 from torch import nn
 
 from pipeline.atomic import write_text_atomic
+from pipeline.hardware import processor_name
 from pipeline.pruning.groups import ChannelLayout
 
 Widths = dict[str, int]
@@ -99,16 +99,6 @@ def cache_key(runtime: Runtime) -> str:
         sort_keys=True,
     )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def processor_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 @dataclass(frozen=True)
