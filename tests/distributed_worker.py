@@ -26,16 +26,22 @@ from tests.methods.jst.run_tiny_jst import TINY_JST  # noqa: E402
 # so a last-bit difference in a near-zero gradient becomes a different gate and, a few
 # iterations on, a different architecture (measured: gates 0.522 vs 0.519 after one
 # iteration). Ranks agree with each other either way; see tests/test_distributed.py.
+# fp32 on every CPU: with bf16 autocast (auto on AMX CPUs) one process and two ranks
+# round differently by far more than fp32's last bits, and the comparison is of the ranks.
+FP32 = {"precision": "fp32", "memory_format": "contiguous"}
 CONFIGS = {
     "jst": lambda: tiny_config(
+        train=FP32,
         search={
             "method": "jst",
             "target_flops": 0.5,
             "epochs": 3,  # 1 warm-up epoch, then 1 epoch per iteration
             "jst": {**TINY_JST, "iterations": 2, "candidates": 2, "alpha_lr": 0},
-        }
+        },
     ),
-    "l1": lambda: tiny_config(search={"method": "l1", "target_flops": 0.5, "epochs": 1}),
+    "l1": lambda: tiny_config(
+        train=FP32, search={"method": "l1", "target_flops": 0.5, "epochs": 1}
+    ),
 }
 
 

@@ -15,7 +15,7 @@ import re
 import time
 import types
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import pytest
 import yaml
@@ -36,6 +36,7 @@ FUZZ = settings(
 )
 EXPECTATION = re.compile(r"should|expected|must|choose|unknown|finite", re.IGNORECASE)
 BOOL_WORDS = {"0", "1", "true", "false", "t", "f", "yes", "no", "y", "n", "on", "off"}
+NUMBER_WORDS = {"auto"}  # words that numeric parameters accept too
 
 
 # ---------------------------------------------------------------------------- the key tree
@@ -75,7 +76,13 @@ def _kind(annotation: Any) -> tuple[str, bool]:
     if get_origin(annotation) in (Union, types.UnionType):
         args = [a for a in get_args(annotation) if a is not type(None)]
         nullable = len(args) < len(get_args(annotation))
-        (annotation,) = args
+        # A number that also takes a word (round_to: auto) is fuzzed as the number; the
+        # words are never generated as bad text (NUMBER_WORDS).
+        numbers = [a for a in args if get_origin(a) is not Literal]
+        assert all(set(get_args(a)) <= NUMBER_WORDS for a in args if get_origin(a) is Literal)
+        (annotation,) = numbers or args
+    if get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
     if get_origin(annotation) is Literal:
         return "choice", nullable
     if get_origin(annotation) is list:
@@ -109,7 +116,7 @@ def _looks_numeric(text: str) -> bool:
 
 
 _bad_text = st.text(max_size=12).filter(
-    lambda s: not _looks_numeric(s) and s.strip().lower() not in BOOL_WORDS
+    lambda s: not _looks_numeric(s) and s.strip().lower() not in BOOL_WORDS | NUMBER_WORDS
 )
 _containers = st.one_of(
     st.lists(st.integers(-3, 3), max_size=3), st.dictionaries(st.text(max_size=4), st.none())
