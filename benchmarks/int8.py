@@ -35,6 +35,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--round-to", type=int, default=8, help="kept widths' multiple")
     p.add_argument("--calibration-images", type=int, default=256)
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/int8.json"))
     args = p.parse_args()
@@ -44,6 +45,7 @@ def main() -> None:
         "target_flops": args.target,
         "epochs": args.epochs,
         "threads": args.threads,
+        "round_to": args.round_to,
         "machine": platform.processor() or platform.machine(),
         "runs": runs,
     }
@@ -63,7 +65,7 @@ def run_seed(args, seed: int) -> dict:
     )
     cfg = search_config("resnet20", args.target, args.epochs, PRECISIONS["bf16"])
     cfg = cfg.model_copy(update={"seed": seed})
-    search = cfg.search.model_copy(update={"method": "scratch"})
+    search = cfg.search.model_copy(update={"method": "scratch", "round_to": args.round_to})
     cfg = cfg.model_copy(update={"search": search})
     seed_everything(seed)
     result = get_method("scratch")(SearchContext(cfg, data, resolve_device("cpu")))

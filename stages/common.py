@@ -124,7 +124,8 @@ def pipeline_key(cfg: PipelineConfig) -> str:
 
 def run_name(cfg: PipelineConfig) -> str:
     s = cfg.search
-    return f"{cfg.model.arch}-{s.method}-{s.target_flops:g}-{cfg.data.dataset}-seed{cfg.seed}"
+    budget = f"{s.target_flops:g}" if s.target_latency is None else f"lat{s.target_latency:g}"
+    return f"{cfg.model.arch}-{s.method}-{budget}-{cfg.data.dataset}-seed{cfg.seed}"
 
 
 def _display_path(path: Path) -> Path:

@@ -49,6 +49,11 @@ def main() -> None:
         metrics = {
             "method": cfg.search.method,
             "target_flops": cfg.search.target_flops,
+            **(
+                {}
+                if cfg.search.target_latency is None
+                else {"target_latency": cfg.search.target_latency}
+            ),
             "arch_sha256": result.spec.sha256,
             "round_to": ctx.config.search.round_to,  # auto resolved
             **result.summary,
