@@ -65,6 +65,20 @@ def open_session(
     if not path.is_file():
         raise ArtifactError(f"ONNX model file {path} does not exist; run the export stage")
     providers = select_providers(device)
+    try:
+        session = ort.InferenceSession(
+            str(path), sess_options=session_options(intra_op_threads), providers=providers
+        )
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
+        raise ArtifactError(f"ONNX Runtime cannot load {path}: {exc}") from exc
+    used = session.get_providers()[0]
+    if providers[0] == CUDA and used != CUDA:
+        _warn_fallback(path, used)
+    return session, used
+
+
+def session_options(intra_op_threads: int | None = None) -> ort.SessionOptions:
+    """The options of every session the pipeline times or evaluates with."""
     options = ort.SessionOptions()
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.inter_op_num_threads = 1  # a sequential CNN graph gains nothing from more
@@ -74,14 +88,7 @@ def open_session(
     options.add_session_config_entry("session.set_denormal_as_zero", "1")
     if intra_op_threads is not None:
         options.intra_op_num_threads = intra_op_threads
-    try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-    except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
-        raise ArtifactError(f"ONNX Runtime cannot load {path}: {exc}") from exc
-    used = session.get_providers()[0]
-    if providers[0] == CUDA and used != CUDA:
-        _warn_fallback(path, used)
-    return session, used
+    return options
 
 
 def _warn_fallback(path: Path, used: str) -> None:

@@ -34,6 +34,7 @@ from torch import nn
 
 from pipeline.atomic import write_text_atomic
 from pipeline.hardware import processor_name
+from pipeline.pruning.budget import round_width
 from pipeline.pruning.groups import ChannelLayout
 
 Widths = dict[str, int]
@@ -54,12 +55,9 @@ class Runtime:
     def session(self, model_bytes: bytes):
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.set_denormal_as_zero", "1")
-        if self.threads is not None:
-            options.intra_op_num_threads = self.threads
+        from pipeline.evaluate import session_options
+
+        options = session_options(self.threads)
         return ort.InferenceSession(model_bytes, options, providers=[self.provider])
 
     def time_ms(self, session, x: np.ndarray) -> float:
@@ -258,10 +256,10 @@ class LatencyModel:
     ):
         self.runtime = runtime
         self.dense_widths = layout.dense_widths()
-        self.shapes = layout_shapes = layer_shapes(dense, layout, input_shape)
+        self.shapes = layer_shapes(dense, layout, input_shape)
         self.grids = {g: width_grid(w, choices.get(g, [w])) for g, w in self.dense_widths.items()}
         self.cache_path = Path(cache_dir) / f"latency-{cache_key(runtime)}.json"
-        self.table = self._measure_layers(layout_shapes, progress)
+        self.table = self._measure_layers(progress)
         self.calibration = self._calibrate(measure_network)
         self.dense_ms = self.dense_cost = self(self.dense_widths)
 
@@ -288,9 +286,9 @@ class LatencyModel:
         return [(fixed, 1.0)] if group is None else _interpolate(self.grids[group], widths[group])
 
     # -------------------------------------------------------------- measurement
-    def _points(self, shapes: list[LayerShape]) -> dict[str, tuple[LayerShape, int, int]]:
+    def _points(self) -> dict[str, tuple[LayerShape, int, int]]:
         points = {}
-        for s in shapes:
+        for s in self.shapes:
             ins = [s.in_fixed] if s.in_group is None else self.grids[s.in_group]
             outs = [s.out_fixed] if s.out_group is None else self.grids[s.out_group]
             for cin in ins:
@@ -298,10 +296,10 @@ class LatencyModel:
                     points.setdefault(s.signature(cin, cout), (s, cin, cout))
         return points
 
-    def _measure_layers(self, shapes, progress) -> dict[str, float]:
+    def _measure_layers(self, progress) -> dict[str, float]:
         cached = json.loads(self.cache_path.read_text()) if self.cache_path.exists() else {}
         table = dict(cached.get("layers", {}))
-        missing = {k: p for k, p in self._points(shapes).items() if k not in table}
+        missing = {k: p for k, p in self._points().items() if k not in table}
         for done, (key, (shape, cin, cout)) in enumerate(missing.items(), 1):
             graph, x = layer_graph(shape, cin, cout, self.runtime.batch)
             table[key] = self.runtime.time_ms(self.runtime.session(graph), x)
@@ -369,6 +367,6 @@ def width_choices(
         if g not in groups:
             choices[g] = [dense]
             continue
-        floor = min(dense, math.ceil(k_min / round_to) * round_to)
+        floor = round_width(0, dense, k_min, round_to)
         choices[g] = sorted({floor, dense, *range(floor, dense + 1, round_to)})
     return choices

@@ -17,7 +17,6 @@ from pipeline.errors import PipelineError
 from pipeline.pruning.flops import FlopsModel
 
 Widths = dict[str, int]
-CostModel = FlopsModel  # or pipeline.latency.LatencyModel: dense_widths, dense_cost, ratio
 
 
 def round_width(width: float, dense: int, k_min: int, round_to: int = 1) -> int:
