@@ -118,8 +118,14 @@ def inspect(
 
 @app.command()
 def reproduce(
-    model: Annotated[str, typer.Option(help="Registered model name.")] = "jst-compact",
+    model: Annotated[
+        str | None,
+        typer.Option(help="Registered model name (default: --params' tracking.registered_model)."),
+    ] = None,
     version: Annotated[str, typer.Option(help="Registered model version.")] = "1",
+    params: Annotated[Path, typer.Option(help="Parameters file naming the model.")] = Path(
+        "params.yaml"
+    ),
     workdir: Annotated[
         Path | None,
         typer.Option(help="Empty or new folder for the rebuild (default: a new temporary one)."),
@@ -139,6 +145,7 @@ def reproduce(
     root = tracking.original_repo_root(Path.cwd().resolve())
     uri = tracking.resolve_tracking_uri(root)
     try:
+        model = model or _registered_model_name(params)
         tracking.check_tracking_available(uri)
         recorded = tracking.recorded_model_version(uri, model, version)
         commit = rebuild.commit_to_rebuild(recorded)
@@ -162,6 +169,15 @@ def reproduce(
     typer.echo("\n".join(rebuild.report(outcome)))
     if not outcome.reproduced:
         raise typer.Exit(1)
+
+
+def _registered_model_name(params: Path) -> str:
+    """The name the pipeline registers under: params.yaml's, or the default without one."""
+    from pipeline.config import TrackingConfig, load_config
+
+    if params.is_file():
+        return load_config(params).tracking.registered_model
+    return TrackingConfig().registered_model
 
 
 tracking_app = typer.Typer(help="MLflow tracking: spooled calls.", no_args_is_help=True)

@@ -182,6 +182,7 @@ def start(stage: str) -> PipelineConfig:
     from pipeline import tracking
 
     cfg = load_config(PARAMS)
+    resolve_names(cfg)
     if not distributed.is_main():  # rank 0 checks the store and replays the spool
         return cfg
     uri = tracking.resolve_tracking_uri(ROOT)
@@ -192,3 +193,14 @@ def start(stage: str) -> PipelineConfig:
         console.log(f"replayed {replayed} spooled MLflow call(s); {left} spool file(s) left")
     console.log(f"stage [bold]{stage}[/]: parameters valid")
     return cfg
+
+
+def resolve_names(cfg: PipelineConfig) -> None:
+    """Look up the registry names params.yaml uses, so that a misspelt method or model is
+    reported by whichever stage runs first, before any work (the config layer knows no
+    registry; each registry words its own error)."""
+    from pipeline.methods import get_method
+    from pipeline.models import model_factory
+
+    get_method(cfg.search.method)
+    model_factory(cfg.model.arch)

@@ -108,7 +108,7 @@ def test_record_outside_git_and_dvc(tmp_path: Path) -> None:
 
 def recorded_version(record: dict, metrics: dict, arch: str = "abc") -> RecordedModelVersion:
     return RecordedModelVersion(
-        "jst-compact", "1", "run1", {"arch_sha256": arch}, {}, metrics, record
+        "compact-cnn", "1", "run1", {"arch_sha256": arch}, {}, metrics, record
     )
 
 

@@ -34,7 +34,7 @@ from tests.e2e.e2e_repo import (
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 EXPERIMENT = "jst-pipeline"
-MODEL_NAME = "jst-compact"
+MODEL_NAME = "compact-cnn"
 ALIAS = "newest"
 QUEUE_WAIT_S = 1500
 QUEUED_FLOPS = (0.3, 0.4, 0.6, 0.7)

@@ -33,7 +33,7 @@ from tests.e2e.e2e_repo import (
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 EXPERIMENT = "jst-pipeline"
-MODEL_NAME = "jst-compact"
+MODEL_NAME = "compact-cnn"
 ALIAS = "newest"
 
 

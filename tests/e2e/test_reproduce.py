@@ -25,7 +25,7 @@ from tests.e2e.e2e_repo import STAGES, TINY_PARAMS, E2ERepo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
-MODEL_NAME = "jst-compact"
+MODEL_NAME = "compact-cnn"
 ONNX_FILES = {"models/model.onnx", "models/dense.onnx"}
 PACKAGES = ("python", "torch", "torchvision", "onnx", "onnxruntime", "mlflow", "dvc", "numpy")
 

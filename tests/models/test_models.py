@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import ConfigError
-from pipeline.models import available_models, create_model
+from pipeline.models import available_models, create_model, model_factory
 
 SMALL_INPUT = {"resnet18": 64, "resnet34": 64, "resnet50": 64}
 
@@ -41,3 +41,26 @@ def test_unknown_model_names_the_parameter():
 def test_vgg_accepts_small_inputs(size):
     model = create_model("vgg16", num_classes=10, in_channels=3, input_size=size).eval()
     assert model(torch.randn(1, 3, size, size)).shape == (1, 10)
+
+
+def test_registering_a_name_twice_warns_and_the_new_factory_wins():
+    from pipeline.models import registry
+
+    def first(**kwargs):
+        return nn.Identity()
+
+    def second(**kwargs):
+        return nn.Identity()
+
+    try:
+        registry.register_model("toy-twice")(first)
+        with pytest.warns(UserWarning, match="'toy-twice' registered again"):
+            registry.register_model("toy-twice")(second)
+        assert model_factory("toy-twice") is second
+    finally:
+        registry._MODELS.pop("toy-twice", None)
+
+
+def test_unknown_model_names_the_parameter_and_the_choices():
+    with pytest.raises(ConfigError, match=r"model.arch: unknown model 'resnet9000'; choose one of"):
+        model_factory("resnet9000")
