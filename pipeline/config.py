@@ -152,6 +152,7 @@ class SearchConfig(_Section):
     # dense model's latency, measured on the deployment runtime (pipeline.latency).
     target_latency: float | None = None
     latency_batch: int = Field(64, ge=1, le=65536)
+    # The training epochs the search stage spends, whatever the method does with them.
     epochs: int = Field(12, ge=0, le=10000)
     lr: float = Field(0.1, gt=0, le=10)
     k_min: int = Field(1, ge=1, le=4096)
