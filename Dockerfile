@@ -19,7 +19,7 @@
 # then stay in the container: copy them out with `docker cp`.
 #
 # MLFLOW_TRACKING_URI is deliberately not set here: pass it with -e, or leave it unset
-# to use the project's default (resolved by pipeline/tracking.py).
+# to use the project's default (resolved by pipeline/tracking/store.py).
 #
 # CUDA: torch 2.15 (cu13 wheels, cuda-toolkit 13.2) and onnxruntime-gpu 1.31 (CUDA 13,
 # cuDNN 9) in uv.lock. torch brings its own CUDA libraries as nvidia-* wheels; the

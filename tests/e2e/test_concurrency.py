@@ -9,12 +9,10 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +27,13 @@ from tests.e2e.e2e_repo import (
     experiment_metric,
     normalized,
     walk_experiments,
+)
+from tests.mlflow_server import (
+    LOG_FILE_NAME,
+    free_port,
+    log_tail,
+    server_environment,
+    start_mlflow_server,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -205,52 +210,19 @@ class MlflowServer:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.db_path = directory / "server.db"
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 120) -> None:
-        command = [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
+        # MLFLOW_* as well as PYTEST_*: none of the tests' MLflow settings reach the server.
+        self.process = start_mlflow_server(
             f"sqlite:///{self.db_path}",
-            "--artifacts-destination",
-            (self.directory / "artifacts").as_uri(),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--workers",
-            "1",
-        ]
-        # PYTEST_* would switch on MLflow's own test-time checks in the server.
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "MLFLOW_"))}
-        env |= {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        with (self.directory / "server.log").open("a") as log:
-            self.process = subprocess.Popen(
-                command,
-                cwd=self.directory,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"mlflow server exited ({self.process.returncode}):\n{self.log()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.3)
-        pytest.fail(f"mlflow server did not answer /health in {timeout_s} s:\n{self.log()}")
+            self.directory,
+            self.port,
+            server_environment(drop_prefixes=("PYTEST_", "MLFLOW_")),
+            timeout_s,
+        )
 
     def kill(self) -> None:
         """SIGKILL the server and its workers: no chance to finish anything."""
@@ -259,7 +231,7 @@ class MlflowServer:
             self.process.wait(timeout=30)
 
     def log(self) -> str:
-        return (self.directory / "server.log").read_text()[-4000:]
+        return log_tail(self.directory / LOG_FILE_NAME)
 
     def stage_run_ids(self, stage: str) -> set[str]:
         """Read straight from the server's database (the server may be busy or dead)."""

@@ -1,19 +1,19 @@
-"""Tests of pipeline.tracking_spool: the on-disk spool of tracking calls and its replay.
+"""Tests of pipeline.tracking.spool: the on-disk spool of tracking calls and its replay.
 
-The store side is exercised for real in tests/test_tracking.py (a server killed mid-stage) and
-tests/e2e/test_concurrency.py; here the replay target is a plain function, to pin down the
-file handling: locking, order, partial failure, copies of temporary files.
+The store side is exercised for real in tests/tracking/test_server.py (a server killed
+mid-stage) and tests/e2e/test_concurrency.py; here the replay target is a plain function, to
+pin down the file handling: locking, order, partial failure, copies of temporary files.
 """
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.tracking_spool import Spool, is_unavailable, pending, replay_all
+from pipeline.tracking.spool import Spool, is_unavailable, pending, replay_all
+from tests.mlflow_server import free_port
 
 URI = "http://127.0.0.1:5999"
 
@@ -95,11 +95,8 @@ def test_a_line_cut_short_by_a_killed_process_is_skipped(tmp_path):
 
 def test_is_unavailable_recognises_a_refused_connection(monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     with pytest.raises(Exception) as refused:
-        MlflowClient(f"http://127.0.0.1:{port}").get_experiment_by_name("x")
+        MlflowClient(f"http://127.0.0.1:{free_port()}").get_experiment_by_name("x")
     assert is_unavailable(refused.value)
     assert is_unavailable(RuntimeError("(sqlite3.OperationalError) database is locked"))
     assert not is_unavailable(ValueError("RESOURCE_DOES_NOT_EXIST: run r not found"))

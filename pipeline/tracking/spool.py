@@ -6,7 +6,10 @@ stage's remaining tracking calls are appended as JSON lines to a spool file
 ``.mlflow-spool/<time>-<pid>-<stage>.jsonl`` in the repository (files to upload are copied
 beside it, as the originals may be temporary). The next stage that starts, or
 ``jst tracking replay``, replays the spool once the store answers, and deletes it only after
-every call succeeded.
+every call succeeded (``pipeline.tracking.replay``).
+
+Plain files and ``flock`` only, no MLflow: the calls are the records of
+``pipeline.tracking.calls``, run by whatever ``execute`` the replay is given.
 
 A spool file is locked (``flock``) by the process writing it, and by the process replaying
 it, so a running stage's spool is never replayed and two replays never run at once.
