@@ -159,7 +159,13 @@ def compare(recorded: RecordedModelVersion, workdir: Path) -> Outcome:
     if not evaluate_json.is_file():
         raise PipelineError(f"{evaluate_json} is missing: the rebuild did not finish.")
     rebuilt = json.loads(evaluate_json.read_text(encoding="utf-8"))
-    arch = recorded.tags.get("arch_sha256") or recorded.run_tags.get("jst.arch_sha256")
+    # Runs recorded before the tags lost their "jst." prefix carry jst.arch_sha256.
+    run_tags = recorded.run_tags
+    arch = (
+        recorded.tags.get("arch_sha256")
+        or run_tags.get("arch_sha256")
+        or run_tags.get("jst.arch_sha256")
+    )
     outcome = Outcome(workdir, [Check("arch_sha256", arch, rebuilt.get("arch_sha256"))])
     for name in sorted(recorded.metrics):
         if not is_timing(name):

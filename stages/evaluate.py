@@ -81,7 +81,7 @@ def main() -> None:
 
         numeric = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
         run.log_metrics(numeric)
-        run.set_tags({"jst.arch_sha256": spec.sha256, "jst.provider": provider})
+        run.set_tags({"arch_sha256": spec.sha256, "onnxruntime.provider": provider})
         run.register_onnx_model(
             ONNX_MODEL,
             cfg.tracking.registered_model,

@@ -17,10 +17,10 @@ from pipeline.tracking.store import artifact_location
 
 logger = logging.getLogger(__name__)
 
-TAG_PIPELINE_KEY = "jst.pipeline_key"
-TAG_KIND = "jst.kind"
-TAG_STAGE = "jst.stage"
-TAG_ERROR = "jst.error"
+TAG_PIPELINE_KEY = "pipeline.key"
+TAG_KIND = "pipeline.kind"
+TAG_STAGE = "pipeline.stage"
+TAG_ERROR = "pipeline.error"
 TAG_PARENT_RUN_ID = "mlflow.parentRunId"  # MLflow's own tag for nesting runs in the UI
 
 

@@ -56,12 +56,12 @@ def pipeline_runs(client: MlflowClient) -> dict[float, tuple]:
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     children: dict[str, dict[str, object]] = {}
     for run in runs:
-        if run.data.tags.get("jst.kind") == "stage":
+        if run.data.tags.get("pipeline.kind") == "stage":
             parent_id = run.data.tags["mlflow.parentRunId"]
             stages = children.setdefault(parent_id, {})
-            assert run.data.tags["jst.stage"] not in stages, f"two {run.info.run_name} runs"
-            stages[run.data.tags["jst.stage"]] = run
-    parents = [run for run in runs if run.data.tags.get("jst.kind") == "pipeline"]
+            assert run.data.tags["pipeline.stage"] not in stages, f"two {run.info.run_name} runs"
+            stages[run.data.tags["pipeline.stage"]] = run
+    parents = [run for run in runs if run.data.tags.get("pipeline.kind") == "pipeline"]
     return {
         float(p.data.params["search.target_flops"]): (p, children.get(p.info.run_id, {}))
         for p in parents
@@ -237,7 +237,7 @@ class MlflowServer:
         """Read straight from the server's database (the server may be busy or dead)."""
         with sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=5) as db:
             rows = db.execute(
-                "SELECT run_uuid FROM tags WHERE key = 'jst.stage' AND value = ?", (stage,)
+                "SELECT run_uuid FROM tags WHERE key = 'pipeline.stage' AND value = ?", (stage,)
             ).fetchall()
         return {row[0] for row in rows}
 
@@ -319,9 +319,7 @@ def test_two_pipelines_log_to_one_server_at_the_same_time(server_repos, server_c
         flops = repo.read_params()["search"]["target_flops"]
         parent, stages = pipelines[flops]
         assert_complete_pipeline(server_client, parent, stages, repo)
-        assert (
-            stages["search"].data.tags["jst.arch_sha256"] == repo.metrics("search")["arch_sha256"]
-        )
+        assert stages["search"].data.tags["arch_sha256"] == repo.metrics("search")["arch_sha256"]
     assert model_versions(server_client) == [1, 2]
 
 
@@ -396,7 +394,7 @@ def runs_with_param(client: MlflowClient, key: str, value: str) -> list[str]:
     runs = client.search_runs(
         [experiment.experiment_id], filter_string=f"params.`{key}` = '{value}'"
     )
-    return [run.info.run_id for run in runs if run.data.tags.get("jst.kind") == "pipeline"]
+    return [run.info.run_id for run in runs if run.data.tags.get("pipeline.kind") == "pipeline"]
 
 
 def pipeline_runs_by_id(client: MlflowClient, parent_id: str) -> tuple:
@@ -404,4 +402,4 @@ def pipeline_runs_by_id(client: MlflowClient, parent_id: str) -> tuple:
     children = client.search_runs(
         [experiment.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'"
     )
-    return client.get_run(parent_id), {r.data.tags["jst.stage"]: r for r in children}
+    return client.get_run(parent_id), {r.data.tags["pipeline.stage"]: r for r in children}

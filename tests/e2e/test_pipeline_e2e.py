@@ -57,7 +57,7 @@ def experiment_id(client: MlflowClient) -> str:
 
 
 def parent_runs(client: MlflowClient, status: str | None = None) -> list:
-    query = "tags.`jst.kind` = 'pipeline'"
+    query = "tags.`pipeline.kind` = 'pipeline'"
     if status:
         query += f" and attributes.status = '{status}'"
     return client.search_runs(
@@ -66,7 +66,7 @@ def parent_runs(client: MlflowClient, status: str | None = None) -> list:
 
 
 def stage_runs(client: MlflowClient, parent_id: str | None = None) -> list:
-    query = "tags.`jst.kind` = 'stage'"
+    query = "tags.`pipeline.kind` = 'stage'"
     if parent_id:
         query += f" and tags.`mlflow.parentRunId` = '{parent_id}'"
     return client.search_runs(
@@ -187,7 +187,7 @@ def test_tracking_store_has_nested_runs_and_registered_model(
         tags = run.data.tags
         assert run.info.status == "FINISHED", stage
         assert tags["mlflow.parentRunId"] == parent.info.run_id
-        assert tags["jst.pipeline_key"] == parent.data.tags["jst.pipeline_key"]
+        assert tags["pipeline.key"] == parent.data.tags["pipeline.key"]
         assert tags["git.commit"] == head, stage
         assert run.info.artifact_uri.startswith((repo.root / "mlartifacts").as_uri()), stage
         if stage != "prepare":  # digits come from scikit-learn: prepare reads no input file
@@ -204,7 +204,7 @@ def test_tracking_store_has_nested_runs_and_registered_model(
     )
 
     search_run = by_stage["search"].info.run_id
-    assert search_run and by_stage["search"].data.tags["jst.arch_sha256"] == search["arch_sha256"]
+    assert search_run and by_stage["search"].data.tags["arch_sha256"] == search["arch_sha256"]
     assert [a.path for a in client.list_artifacts(search_run, "architecture")] == [
         "architecture/arch.json"
     ]

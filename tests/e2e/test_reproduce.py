@@ -100,7 +100,7 @@ def test_every_run_records_commit_inputs_params_packages_and_device(
         assert sorted(record["dvc"]["deps"]) == sorted(declared), stage
     assert recorded.tags["git.commit"] == commit
     assert recorded.tags["git.dirty"] == "false"
-    assert recorded.tags["arch_sha256"] == recorded.run_tags["jst.arch_sha256"]
+    assert recorded.tags["arch_sha256"] == recorded.run_tags["arch_sha256"]
     assert recorded.record["stage"] == "evaluate"
 
 

@@ -19,20 +19,20 @@ def test_stages_of_separate_processes_nest_under_one_parent(store_uri, client, t
     report = tmp_path / "report.txt"
     report.write_text("ok")
 
-    with new_tracker(store_uri, key).stage_run("search", tags={"jst.note": "a"}) as search:
+    with new_tracker(store_uri, key).stage_run("search", tags={"pipeline.note": "a"}) as search:
         search.log_metrics({"loss": 1.0}, step=0)
         search.log_metrics({"loss": 0.5, "nan": math.nan, "text": "x"}, step=1)
         search.log_artifact(report, artifact_path="reports")
         search.log_dict({"widths": [16, 32]}, "spec.json")
         search.log_text("hello", "notes.txt")
-        search.set_tags({"jst.extra": 1})
+        search.set_tags({"pipeline.extra": 1})
     second = new_tracker(store_uri, key)  # a later stage, i.e. another process
     with second.stage_run("finetune") as finetune:
         finetune.log_params({"lr": 0.1})
 
     parent = client.get_run(second.parent_run_id)
     assert parent.info.status == "RUNNING"
-    assert parent.data.tags["jst.kind"] == "pipeline"
+    assert parent.data.tags["pipeline.kind"] == "pipeline"
     assert parent.data.params["data.dataset"] == "cifar10"
     assert parent.data.params["search.target_flops"] == "0.5"
     assert parent.data.params["search.widths"] == "[16, 32]"
@@ -41,9 +41,9 @@ def test_stages_of_separate_processes_nest_under_one_parent(store_uri, client, t
     assert search_run.info.status == "FINISHED"
     assert search_run.info.run_name == "search"
     assert search_run.data.tags["mlflow.parentRunId"] == second.parent_run_id
-    assert search_run.data.tags["jst.stage"] == "search"
-    assert search_run.data.tags["jst.note"] == "a"
-    assert search_run.data.tags["jst.extra"] == "1"
+    assert search_run.data.tags["pipeline.stage"] == "search"
+    assert search_run.data.tags["pipeline.note"] == "a"
+    assert search_run.data.tags["pipeline.extra"] == "1"
     history = client.get_metric_history(search.run_id, "loss")
     assert [(m.step, m.value) for m in history] == [(0, 1.0), (1, 0.5)]
     assert set(search_run.data.metrics) == {"loss"}
@@ -71,7 +71,7 @@ def test_failed_stage_ends_failed_and_reraises(store_uri, client):
         raise RuntimeError("boom")
     failed = client.get_run(stage.run_id)
     assert failed.info.status == "FAILED"
-    assert failed.data.tags["jst.error"] == "RuntimeError: boom"
+    assert failed.data.tags["pipeline.error"] == "RuntimeError: boom"
 
 
 def test_rerun_marks_stage_run_left_by_dead_process_killed(store_uri, client):
@@ -124,10 +124,14 @@ def test_parallel_pipelines_share_one_sqlite_store(store_uri, client):
     experiment = client.get_experiment_by_name("jst-parallel")
     for key in keys:
         runs = client.search_runs(
-            [experiment.experiment_id], filter_string=f"tags.`jst.pipeline_key` = '{key}'"
+            [experiment.experiment_id], filter_string=f"tags.`pipeline.key` = '{key}'"
         )
         assert [run.info.status for run in runs] == ["FINISHED"] * 4
-        stages = [run for run in runs if run.data.tags["jst.kind"] == "stage"]
-        assert {run.data.tags["jst.stage"] for run in stages} == {"prepare", "search", "finetune"}
+        stages = [run for run in runs if run.data.tags["pipeline.kind"] == "stage"]
+        assert {run.data.tags["pipeline.stage"] for run in stages} == {
+            "prepare",
+            "search",
+            "finetune",
+        }
         for run in stages:
             assert len(client.get_metric_history(run.info.run_id, "loss")) == 30

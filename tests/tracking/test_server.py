@@ -84,7 +84,7 @@ def test_server_killed_mid_stage_spools_calls_and_replay_logs_them(
         for step in range(2, 40):
             stage.log_metrics({"loss": 1.0 / step}, step=step)
         offline_s = time.monotonic() - started
-        stage.set_tags({"jst.arch_sha256": "abc"})
+        stage.set_tags({"arch_sha256": "abc"})
         stage.log_artifact(chart, "plots")
         assert stage.register_onnx_model(onnx_path, model_name, {"top1": 0.5}) is None
         stage.finish_pipeline({"top1": 0.75})
@@ -102,7 +102,7 @@ def test_server_killed_mid_stage_spools_calls_and_replay_logs_them(
 
     run = client.get_run(stage.run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.tags["jst.arch_sha256"] == "abc"
+    assert run.data.tags["arch_sha256"] == "abc"
     history = client.get_metric_history(stage.run_id, "loss")
     assert sorted(m.step for m in history) == list(range(40))
     parent = client.get_run(tracker.parent_run_id)
