@@ -399,25 +399,72 @@ def paired_differences(rows: dict) -> list[str]:
         "|---|---|---|---|",
     ]
     for budget in sorted({b for b, _ in rows}, reverse=True):
-        jst = {r["seed"]: r["test_top1"] for r in rows.get((budget, "jst"), [])}
-        candidates = []
-        for name in BASELINES:
-            runs = {r["seed"]: r["test_top1"] for r in rows.get((budget, name), [])}
-            seeds = sorted(set(runs) & set(jst))
-            if seeds:
-                candidates.append((statistics.fmean(runs[s] for s in seeds), name, runs, seeds))
-        if not candidates:
+        best = best_baseline(rows, budget)
+        if best is None:
             continue
-        _, name, runs, seeds = max(candidates)
-        diffs = [100 * (jst[s] - runs[s]) for s in seeds]
+        name, runs, seeds = best
+        jst = {r["seed"]: r["test_top1"] for r in rows[(budget, "jst")]}
+        diffs = [100 * (jst[s] - runs[s]["test_top1"]) for s in seeds]
         per_seed = ", ".join(f"seed {s}: {d:+.2f}" for s, d in zip(seeds, diffs, strict=True))
         mean, std = _mean_std(diffs)
         lines.append(f"| {budget} | {name} | {per_seed} | {mean:+.2f} ± {std:.2f} |")
     return lines
 
 
+def best_baseline(rows: dict, budget: float):
+    """(name, {seed: record}, seeds shared with JST) of the baseline with the highest mean
+    test top-1 over the seeds JST also ran, or None."""
+    jst = {r["seed"] for r in rows.get((budget, "jst"), [])}
+    candidates = []
+    for name in BASELINES:
+        runs = {r["seed"]: r for r in rows.get((budget, name), [])}
+        seeds = sorted(set(runs) & jst)
+        if seeds:
+            mean = statistics.fmean(runs[s]["test_top1"] for s in seeds)
+            candidates.append((mean, name, runs, seeds))
+    return max(candidates, key=lambda c: c[0])[1:] if candidates else None
+
+
+def headline_table(store: dict) -> list[str]:
+    """One row per FLOPs-budget cell and budget: JST against its best baseline, paired by
+    seed, and what each costs to train (the README's summary)."""
+    lines = [
+        "| model, epochs (search + fine-tune), precision | budget | JST test top-1 "
+        "| best baseline | its test top-1 | JST − baseline, paired | seeds "
+        "| training GMACs, JST / baseline |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for cell, rows in sorted(cells(store).items()):
+        arch, search, finetune, precision, metric = cell
+        if metric != "flops":
+            continue
+        for budget in sorted({b for b, v in rows if v == "jst"}, reverse=True):
+            best = best_baseline(rows, budget)
+            if best is None:
+                continue
+            name, runs, seeds = best
+            jst = {r["seed"]: r for r in rows[(budget, "jst")]}
+            jst_top1 = _mean_std(100 * jst[s]["test_top1"] for s in seeds)
+            base_top1 = _mean_std(100 * runs[s]["test_top1"] for s in seeds)
+            diff = _mean_std(100 * (jst[s]["test_top1"] - runs[s]["test_top1"]) for s in seeds)
+            cost = statistics.fmean(jst[s]["train_gmacs"] for s in seeds) / statistics.fmean(
+                runs[s]["train_gmacs"] for s in seeds
+            )
+            lines.append(
+                f"| {arch}, {search} + {finetune}, {precision} | {budget} "
+                f"| {jst_top1[0]:.2f} ± {jst_top1[1]:.2f} | {name} "
+                f"| {base_top1[0]:.2f} ± {base_top1[1]:.2f} | {diff[0]:+.2f} ± {diff[1]:.2f} "
+                f"| {len(seeds)} | {cost:.2f} |"
+            )
+    return lines
+
+
 def write_report(store: dict, path: Path) -> None:
-    sections = []
+    sections = [
+        "## Summary: JST against the best baseline of each cell\n\n"
+        + "\n".join(headline_table(store))
+        + "\n"
+    ]
     path.parent.mkdir(parents=True, exist_ok=True)
     for cell, rows in sorted(cells(store).items()):
         arch, search, finetune, precision, metric = cell
