@@ -89,3 +89,21 @@ def test_paired_differences_are_against_the_best_baseline_seed_by_seed(compare):
     [_, _, line] = compare.paired_differences(rows)
     assert line.startswith("| 0.3 | scratch | seed 0: +1.00, seed 1: -1.00 |")
     assert "+0.00 ± 1.41" in line
+
+
+def test_summary_pairs_jst_with_the_best_baseline_over_the_seeds_both_ran(compare):
+    runs = [
+        record("jst", 0.3, 0, 0.60),
+        record("jst", 0.3, 1, 0.70),
+        record("scratch", 0.3, 0, 0.50),
+        record("scratch", 0.3, 1, 0.40),
+        record("l1", 0.3, 0, 0.55),
+        record("l1", 0.3, 1, 0.65),
+        record("l1", 0.3, 2, 0.99),  # JST has no seed 2: not paired, not counted
+        {**record("jst", 0.3, 0, 0.1), "budget_metric": "latency"},  # other cell: left out
+    ]
+    header, rule, *rows = compare.headline_table({"runs": runs})
+    assert rows == [
+        "| resnet20, 12 + 6, fp32 | 0.3 | 65.00 ± 7.07 | l1 | 60.00 ± 7.07 | +5.00 ± 0.00 "
+        "| 2 | 1.00 |"
+    ]
