@@ -1,8 +1,8 @@
 """Inference latency: dense vs compact ResNet-56 (32x32), ONNX Runtime and PyTorch eager.
 
 The compact networks are built the way a user of the default ``l1`` method gets them:
-widths from the pipeline's budget projection (``uniform_budget_widths``, every group
-prunable, ``round_to`` 16, 8 and 1 for comparison) at kept-FLOPs 0.5 and 0.3, the kept
+widths from the ``l1`` criterion's budget projection (``MagnitudeImportance.widths``, every
+group prunable, ``round_to`` 16, 8 and 1 for comparison) at kept-FLOPs 0.5 and 0.3, the kept
 filters chosen by L1 norm, sliced physically out of the dense network
 (``compact_from_dense``), exported with the pipeline's ``export_onnx`` and opened with
 its ``open_session``. Weights are random: latency does not depend on their values.
@@ -35,11 +35,11 @@ from torch import nn
 from pipeline.errors import PipelineError
 from pipeline.evaluate import CUDA, open_session, time_interleaved
 from pipeline.export import export_onnx
-from pipeline.methods.base import Budget, DenseSetup, compact_from_dense
-from pipeline.models import create_model
-from pipeline.pruning.budget import uniform_budget_widths
-from pipeline.pruning.flops import FlopsModel, count_flops
-from pipeline.pruning.groups import filter_l1_scores, indices_from_scores
+from pipeline.methods.base import compact_from_dense, flops_setup
+from pipeline.pruning.flops import count_flops
+from pipeline.pruning.groups import indices_from_scores
+from pipeline.pruning.importance import MagnitudeImportance
+from pipeline.pruning.slicing import dense_model
 from pipeline.pruning.spec import ArchSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,19 +69,15 @@ def build_variants(
 ) -> list[Variant]:
     """The dense model first, then one compact model per (keep, round_to)."""
     torch.manual_seed(seed)
-    c, h, _ = input_shape
-    model = create_model(arch, num_classes=num_classes, in_channels=c, input_size=h).eval()
-    layout = model.channel_layout()
-    flops = FlopsModel(model, layout, input_shape)
-    spec = ArchSpec(arch, tuple(input_shape), num_classes, layout.dense_widths())
-    groups = layout.prunable_groups(True)
-    setup = DenseSetup(model, layout, flops, spec, groups, Budget(flops, 1.0))
-    scores = filter_l1_scores(model, layout)
+    setup = flops_setup(dense_model(arch, input_shape, num_classes), True, 1.0)
+    model, spec = setup.model.eval(), setup.spec
+    criterion = MagnitudeImportance()
+    scores = criterion(model, setup.layout)
     variants = [Variant("dense", None, None, model, spec, count_flops(model, input_shape))]
     for keep in keeps:
         for round_to in round_tos:
             try:
-                widths = uniform_budget_widths(flops, setup.groups, keep, 1, round_to)
+                widths = criterion.widths(setup.flops, scores, setup.groups, keep, 1, round_to)
             except PipelineError as err:  # e.g. round_to 16 keeps too much at keep 0.3
                 print(f"skipped keep={keep} round_to={round_to}: {err}")
                 continue

@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pipeline import distributed
-from pipeline.atomic import torch_save_atomic
+from pipeline.checkpoint import Checkpoint
 from pipeline.config import TrainConfig
 from pipeline.data import Augment, BatchLoader, PreparedData, Split
 from pipeline.errors import PipelineError, TrainingDiverged
@@ -135,19 +135,31 @@ def fixed_shape_speedups(device: torch.device) -> Iterator[None]:
         torch.backends.cudnn.benchmark = previous
 
 
-def make_loader(data: PreparedData, settings: TrainConfig, seed: int, device) -> BatchLoader:
-    """Shuffled, augmented batches of the training split."""
-    augment = Augment(settings.augment.crop_padding, settings.augment.hflip)
+def make_loader(
+    data: PreparedData,
+    settings: TrainConfig,
+    seed: int,
+    device,
+    *,
+    split: Split | None = None,
+    augment: bool = True,
+) -> BatchLoader:
+    """Shuffled batches of ``split`` (the training split by default) at
+    ``train.batch_size``, augmented as ``train.augment`` says unless ``augment`` is off.
+
+    Every training-side loader is made here, so that batch size, augmentation and the
+    GPU residency limit mean one thing; the order depends only on ``seed``.
+    """
+    a = settings.augment
     return BatchLoader(
-        data.train,
+        data.train if split is None else split,
         data.mean,
         data.std,
         batch_size=settings.batch_size,
         shuffle=True,
-        augment=augment,
+        augment=Augment(a.crop_padding, a.hflip) if augment else None,
         seed=seed,
         device=device,
-        drop_last=False,
         max_resident_bytes=gpu_data_limit(settings, torch.device(device)),
     )
 
@@ -340,16 +352,7 @@ def calibration_batches(
 ) -> list[torch.Tensor]:
     """``count`` un-augmented training batches for ``recalibrate_bn``, drawn with their own
     generator (the global RNG, which training draws from, is not touched)."""
-    loader = BatchLoader(
-        data.train,
-        data.mean,
-        data.std,
-        batch_size=settings.batch_size,
-        shuffle=True,
-        seed=seed * 7919 + 3,
-        device=device,
-        max_resident_bytes=gpu_data_limit(settings, torch.device(device)),
-    )
+    loader = make_loader(data, settings, seed * 7919 + 3, device, augment=False)
     return [x for _, (x, _) in zip(range(count), loader, strict=False)]
 
 
@@ -398,7 +401,8 @@ def train(
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s / steps))
     history: list[dict] = []
     start = 0
-    state = _load_checkpoint(checkpoint, fingerprint)
+    saved = Checkpoint(checkpoint, fingerprint, desc)
+    state = saved.load()
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -417,44 +421,22 @@ def train(
                     step_model, loader, optimizer, scheduler, settings, regularizer
                 )
             except TrainingDiverged as err:
-                kept = _kept_checkpoint(checkpoint, epoch)
+                kept = saved.kept("epoch", epoch)
                 raise diverged_at(f"{desc} epoch {epoch + 1}/{epochs}", err, kept) from None
             val = evaluate(model, data.val, data, device, max_resident_bytes=limit)
             record |= {f"val_{k}": v for k, v in val.items()}
             history.append(record)
             if on_epoch is not None:
                 on_epoch(record)
-            if checkpoint is not None and distributed.is_main():
-                _save_checkpoint(checkpoint, fingerprint, model, optimizer, scheduler, history)
+            saved.save(
+                {
+                    "epoch": len(history),
+                    "history": history,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": torch.get_rng_state(),
+                }
+            )
             advance(record)
     return history
-
-
-def _kept_checkpoint(checkpoint: Path | None, epoch: int) -> str:
-    if checkpoint is None or epoch == 0:
-        return "No checkpoint was written yet."
-    return f"The checkpoint after epoch {epoch} is kept ({checkpoint})."
-
-
-def _save_checkpoint(path: Path, fingerprint, model, optimizer, scheduler, history) -> None:
-    state = {
-        "fingerprint": fingerprint,
-        "epoch": len(history),
-        "history": history,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "rng": torch.get_rng_state(),
-    }
-    torch_save_atomic(state, path)
-
-
-def _load_checkpoint(path: Path | None, fingerprint: str):
-    if path is None or not Path(path).is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # a checkpoint we cannot read is simply not resumed from
-        console.log(f"ignoring unreadable checkpoint {path}")
-        return None
-    return state if state.get("fingerprint") == fingerprint else None

@@ -2,42 +2,29 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 from pipeline.artifacts import save_compact
-from pipeline.data import load_prepared
 from pipeline.distributed import is_main
 from pipeline.methods import SearchContext, SearchResult, get_method
 from pipeline.plots import curves_chart, kept_widths_chart
-from pipeline.train import resolve_device, seed_everything, training_numerics
 from stages.common import (
     METRICS_DIR,
     PLOTS_DIR,
     PREPARED_DIR,
     SEARCHED_DIR,
-    clear_checkpoints,
     run_stage,
-    stage_checkpoints,
     start,
-    tracked_stage,
     write_csv,
     write_json,
 )
+from stages.training import TrainingStage, training_stage
 
 
 def main() -> None:
     cfg = start("search")
     method = get_method(cfg.search.method)
-    device = resolve_device(cfg.train.device)
-    numerics = training_numerics(cfg.train, device)
-    with tracked_stage(cfg, "search", [PREPARED_DIR]) as run:
-        run.set_tags({f"train.{k}": v for k, v in numerics.items()})
-        data = load_prepared(PREPARED_DIR)
-        seed_everything(cfg.seed)
-        run.log_params({f"search.{k}": v for k, v in cfg.search.model_dump().items()})
-        workdir = stage_checkpoints("search", cfg, [PREPARED_DIR])
-        ctx = SearchContext(cfg, data, device, workdir, run.log_metrics)
+    with training_stage(cfg, "search", [PREPARED_DIR]) as stage:
+        run = stage.run
+        ctx = SearchContext(cfg, stage.data, stage.device, stage.checkpoints, run.log_metrics)
         result = method(ctx)
         if not is_main():  # every rank computed; rank 0 writes
             return
@@ -57,19 +44,18 @@ def main() -> None:
             "arch_sha256": result.spec.sha256,
             "round_to": ctx.config.search.round_to,  # auto resolved
             **result.summary,
-            **numerics,
+            **stage.numerics,
         }
         write_json(METRICS_DIR / "search.json", metrics)
 
         run.log_metrics({k: v for k, v in result.summary.items() if isinstance(v, int | float)})
-        run.set_tags({"jst.arch_sha256": result.spec.sha256})
+        run.set_tags({"arch_sha256": result.spec.sha256})
         run.log_artifact(SEARCHED_DIR / "arch.json", "architecture")
         title = (
             f"{cfg.model.arch} / {cfg.search.method}: kept channels per group "
             f"({result.summary['flops_ratio']:.3f} of dense FLOPs)"
         )
-        log_charts(run, result, history, title)
-    clear_checkpoints("search")
+        log_charts(stage, result, history, title)
 
 
 def width_rows(result: SearchResult) -> list[dict]:
@@ -77,20 +63,14 @@ def width_rows(result: SearchResult) -> list[dict]:
     return [{"group": g, "kept": result.spec.widths[g], "dense": dense[g]} for g in dense]
 
 
-def log_charts(run, result: SearchResult, history: list[dict], title: str) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        run.log_artifact(
-            kept_widths_chart(
-                result.dense_spec.widths, result.spec.widths, tmp / "kept_widths.png", title
-            ),
-            "plots",
+def log_charts(stage: TrainingStage, result: SearchResult, history: list[dict], title: str) -> None:
+    dense, kept = result.dense_spec.widths, result.spec.widths
+    stage.log_chart(lambda tmp: kept_widths_chart(dense, kept, tmp / "kept_widths.png", title))
+    if history:
+        ys = [k for k in history[-1] if k.endswith(("top1", "flops_ratio"))]
+        stage.log_chart(
+            lambda tmp: curves_chart(history, "step", ys, tmp / "search_curves.png", "search")
         )
-        if history:
-            ys = [k for k in history[-1] if k.endswith(("top1", "flops_ratio"))]
-            run.log_artifact(
-                curves_chart(history, "step", ys, tmp / "search_curves.png", "search"), "plots"
-            )
 
 
 if __name__ == "__main__":

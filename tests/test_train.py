@@ -10,7 +10,9 @@ from pipeline.config import parse_config
 from pipeline.errors import PipelineError
 from pipeline.train import (
     autocast_dtype,
+    calibration_batches,
     gpu_data_limit,
+    make_loader,
     make_optimizer,
     recalibrate_bn,
     train_steps,
@@ -196,3 +198,28 @@ def test_recalibrated_bn_statistics_are_those_of_the_batches():
         out = torch.cat([model[0](x) for x in batches])
     torch.testing.assert_close(bn.running_mean, out.mean((0, 2, 3)), rtol=1e-5, atol=1e-5)
     assert bn.momentum == 0.1 and not model.training
+
+
+def test_one_loader_factory_for_every_training_split():
+    """Training, calibration and JST's per-iteration loaders all come from make_loader:
+    batch size and augmentation from train, the order from the seed alone."""
+    from tests.conftest import synthetic_data
+
+    data = synthetic_data()
+    cfg = settings(batch_size=16, augment={"crop_padding": 2, "hflip": True})
+    train_loader = make_loader(data, cfg, 5, "cpu")
+    assert train_loader.augment.crop_padding == 2 and train_loader.augment.hflip
+    assert train_loader.batch_size == 16 and train_loader.shuffle
+    assert train_loader.num_samples == len(data.train.labels)
+
+    plain = make_loader(data, cfg, 5, "cpu", split=data.val, augment=False)
+    assert plain.augment is None and plain.num_samples == len(data.val.labels)
+    # Switching augmentation off leaves the batch order unchanged.
+    augmented = make_loader(data, cfg, 5, "cpu", split=data.val)
+    for (_, y1), (_, y2) in zip(plain, augmented, strict=True):
+        assert torch.equal(y1, y2)
+
+    batches = calibration_batches(data, cfg, 3, "cpu", 2)
+    expected = make_loader(data, cfg, 3 * 7919 + 3, "cpu", augment=False)
+    for got, (x, _) in zip(batches, expected, strict=False):
+        assert torch.equal(got, x)

@@ -140,12 +140,12 @@ class BatchLoader:
         device_order = order.to(self.device)  # one copy an epoch, not one a batch
         for batch in range(len(self)):
             window = slice(batch * self.batch_size, (batch + 1) * self.batch_size)
-            images = self._gather(order[window], device_order[window])
+            images = self._batch_images(order[window], device_order[window])
             if self.augment is not None:
                 images = augment_batch(images, self.augment, augment_generator)
             yield normalize(images, self.mean, self.std), self.labels[device_order[window]]
 
-    def _gather(self, host_index: torch.Tensor, device_index: torch.Tensor) -> torch.Tensor:
+    def _batch_images(self, host_index: torch.Tensor, device_index: torch.Tensor) -> torch.Tensor:
         """The batch's uint8 images on the device, gathered where the split lives."""
         if self.resident:
             return self.images[device_index]

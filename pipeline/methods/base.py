@@ -1,13 +1,17 @@
 """The common interface of search methods, and the steps the baselines share.
 
 A method is a function ``SearchContext -> SearchResult`` registered under a name; adding
-one means writing one module with a ``@register_method("name")`` function.
+one means writing one module in ``pipeline.methods`` with a ``@register_method("name")``
+function: the package imports every module it holds (``import_modules``).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
-from collections.abc import Callable
+import pkgutil
+import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,10 +23,15 @@ from pipeline.config import PipelineConfig
 from pipeline.data import PreparedData
 from pipeline.errors import ConfigError
 from pipeline.hardware import deployment_channel_block
-from pipeline.models import create_model
 from pipeline.pruning.flops import FlopsModel
-from pipeline.pruning.groups import ChannelLayout
-from pipeline.pruning.slicing import build_model, slice_weights, spec_for_indices
+from pipeline.pruning.groups import ChannelLayout, KeptChannels
+from pipeline.pruning.slicing import (
+    DenseModel,
+    build_model,
+    dense_model,
+    slice_weights,
+    spec_for_indices,
+)
 from pipeline.pruning.spec import ArchSpec
 from pipeline.train import train
 
@@ -64,10 +73,27 @@ _METHODS: dict[str, SearchMethod] = {}
 
 def register_method(name: str) -> Callable[[SearchMethod], SearchMethod]:
     def decorator(fn: SearchMethod) -> SearchMethod:
+        if name in _METHODS and _METHODS[name] is not fn:
+            # As timm does: a second definition replaces the first, which is rarely meant.
+            warnings.warn(
+                f"method {name!r} registered again; the new function replaces the old",
+                stacklevel=2,
+            )
         _METHODS[name] = fn
         return fn
 
     return decorator
+
+
+def import_modules(path: Iterable[str], package: str) -> list[str]:
+    """Import every module below ``path`` (a package's ``__path__``), subpackages too, so
+    that each registers its methods; returns their names. Each is imported as it is
+    found, so a module that fails to import fails loudly (pkgutil alone would skip it)."""
+    names = []
+    for module in pkgutil.walk_packages(path, f"{package}."):
+        importlib.import_module(module.name)
+        names.append(module.name)
+    return names
 
 
 def available_methods() -> list[str]:
@@ -101,22 +127,24 @@ class DenseSetup:
 
 
 def dense_setup(ctx: SearchContext) -> DenseSetup:
-    cfg, data = ctx.config, ctx.data
-    c, h, _ = data.input_shape
-    model = create_model(cfg.model.arch, num_classes=data.num_classes, in_channels=c, input_size=h)
-    layout = model.channel_layout()
-    flops = FlopsModel(model, layout, data.input_shape)
-    spec = ArchSpec(
-        cfg.model.arch, tuple(data.input_shape), data.num_classes, layout.dense_widths()
+    """The dense model of ``model.arch`` for the data, freshly initialised, with the cost
+    models and the budget the search must meet."""
+    cfg, s = ctx.config, ctx.config.search
+    dense = dense_model(cfg.model.arch, ctx.data.input_shape, ctx.data.num_classes)
+    setup = flops_setup(dense, s.prune_residual, s.target_flops)
+    if s.target_latency is not None:
+        latency = deployment_latency_model(cfg, setup.model, setup.layout, setup.spec, setup.groups)
+        setup.budget = Budget(latency, s.target_latency)
+    return setup
+
+
+def flops_setup(dense: DenseModel, prune_coupled: bool, target_flops: float) -> DenseSetup:
+    """``dense`` with its FLOPs model, under a FLOPs budget of ``target_flops``."""
+    flops = FlopsModel(dense.model, dense.layout, dense.spec.input_shape)
+    groups = dense.layout.prunable_groups(prune_coupled)
+    return DenseSetup(
+        dense.model, dense.layout, flops, dense.spec, groups, Budget(flops, target_flops)
     )
-    groups = layout.prunable_groups(cfg.search.prune_residual)
-    s = cfg.search
-    if s.target_latency is None:
-        budget = Budget(flops, s.target_flops)
-    else:
-        latency = deployment_latency_model(cfg, model, layout, spec, groups)
-        budget = Budget(latency, s.target_latency)
-    return DenseSetup(model, layout, flops, spec, groups, budget)
 
 
 def deployment_latency_model(cfg, model, layout, spec: ArchSpec, groups) -> LatencyModel:
@@ -184,9 +212,7 @@ def train_phase(
     )
 
 
-def compact_from_dense(
-    setup: DenseSetup, keep: dict[str, torch.Tensor]
-) -> tuple[ArchSpec, nn.Module]:
+def compact_from_dense(setup: DenseSetup, keep: KeptChannels) -> tuple[ArchSpec, nn.Module]:
     """Physically prune the dense model to the kept channel indices."""
     spec = spec_for_indices(setup.spec, keep)
     compact = build_model(spec).to(next(setup.model.parameters()).device)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
+from torch import nn
 
 from pipeline.methods.base import (
     DenseSetup,
@@ -25,10 +26,15 @@ from pipeline.methods.base import (
     register_method,
     train_phase,
 )
-from pipeline.pruning.budget import global_threshold_widths, uniform_budget_widths
-from pipeline.pruning.groups import bn_gamma_scores, filter_l1_scores, indices_from_scores
+from pipeline.pruning.budget import uniform_budget_widths
+from pipeline.pruning.importance import (
+    BNScaleImportance,
+    Importance,
+    MagnitudeImportance,
+    RandomImportance,
+)
 from pipeline.pruning.slicing import build_model
-from pipeline.train import calibration_batches, recalibrate_bn
+from pipeline.train import Regularizer, calibration_batches, recalibrate_bn
 
 # Training batches that re-estimate the BN statistics of a freshly sliced model: the dense
 # model's statistics describe other channels' sums, and evaluating with them gives chance.
@@ -61,21 +67,23 @@ def train_from_scratch(
     return SearchResult(spec, model, setup.spec, history, budget_summary(setup, spec))
 
 
-def _prune_pretrained(ctx: SearchContext, scores_of, name: str, *, regularizer=None):
+def prune_pretrained(
+    ctx: SearchContext,
+    criterion: Importance,
+    name: str,
+    *,
+    regularizer: Regularizer | None = None,
+) -> SearchResult:
+    """Pre-train the dense network (with ``regularizer`` added to its loss), keep the
+    channels ``criterion`` ranks highest within the budget, and give the sliced network
+    BN statistics of its own."""
     setup = dense_setup(ctx)
     s, budget = ctx.config.search, setup.budget
     setup.model.to(ctx.device)
     history = train_phase(ctx, setup.model, f"{name}_pretrain", 1.0, regularizer=regularizer)
-    scores = scores_of(setup)
-    if name == "slimming":
-        widths = global_threshold_widths(
-            budget.cost, scores, setup.groups, budget.target, s.k_min, s.round_to
-        )
-    else:
-        widths = uniform_budget_widths(
-            budget.cost, setup.groups, budget.target, s.k_min, s.round_to
-        )
-    keep = indices_from_scores(scores, widths)
+    keep = criterion.kept_channels(
+        setup.model, setup.layout, budget.cost, setup.groups, budget.target, s.k_min, s.round_to
+    )
     spec, compact = compact_from_dense(setup, keep)
     recalibrate_bn(
         compact,
@@ -88,30 +96,27 @@ def _prune_pretrained(ctx: SearchContext, scores_of, name: str, *, regularizer=N
 
 @register_method("l1")
 def l1(ctx: SearchContext) -> SearchResult:
-    return _prune_pretrained(ctx, lambda setup: filter_l1_scores(setup.model, setup.layout), "l1")
+    return prune_pretrained(ctx, MagnitudeImportance(), "l1")
 
 
 @register_method("random")
 def random_filters(ctx: SearchContext) -> SearchResult:
-    def random_scores(setup):
-        generator = torch.Generator().manual_seed(ctx.config.seed + 1)
-        return {n: torch.rand(g.width, generator=generator) for n, g in setup.layout.groups.items()}
-
-    return _prune_pretrained(ctx, random_scores, "random")
+    return prune_pretrained(ctx, RandomImportance(ctx.config.seed + 1), "random")
 
 
 @register_method("slimming")
 def slimming(ctx: SearchContext) -> SearchResult:
-    strength = ctx.config.search.slimming.sparsity
+    sparsity = gamma_l1(ctx.config.search.slimming.sparsity)
+    return prune_pretrained(ctx, BNScaleImportance(), "slimming", regularizer=sparsity)
 
-    def gamma_l1(model):
+
+def gamma_l1(strength: float) -> Regularizer:
+    """Network slimming's sparsity loss: ``strength`` times the L1 norm of every BN's
+    gamma, which drives the gammas of unneeded channels towards zero while pre-training."""
+
+    def loss(model: nn.Module) -> torch.Tensor:
         return strength * sum(
-            m.weight.abs().sum() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)
+            m.weight.abs().sum() for m in model.modules() if isinstance(m, nn.BatchNorm2d)
         )
 
-    return _prune_pretrained(
-        ctx,
-        lambda setup: bn_gamma_scores(setup.model, setup.layout),
-        "slimming",
-        regularizer=gamma_l1,
-    )
+    return loss

@@ -8,7 +8,7 @@ it, BN would normalise the scale away and the gate would get no gradient.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -16,18 +16,21 @@ from torch import nn
 
 from pipeline.pruning.groups import ChannelLayout
 
+# A group's gate: fixed factors, or a function that computes them at every forward pass
+# (a learnable gate, through which the gradient reaches its parameters).
+Gate = torch.Tensor | Callable[[], torch.Tensor]
+
 
 @contextmanager
-def gated(
-    model: nn.Module, layout: ChannelLayout, gates: dict[str, torch.Tensor]
-) -> Iterator[None]:
+def gated(model: nn.Module, layout: ChannelLayout, gates: dict[str, Gate]) -> Iterator[None]:
     """Within the block, multiply every BN output of each group by that group's gate."""
     handles = []
     for name, gate in gates.items():
+        factors = gate if callable(gate) else (lambda gate=gate: gate)
         for bn in layout.groups[name].bns:
 
-            def hook(_module, _inputs, output, gate=gate):
-                return output * gate.to(output.device, output.dtype).view(1, -1, 1, 1)
+            def hook(_module, _inputs, output, factors=factors):
+                return output * factors().to(output.device, output.dtype).view(1, -1, 1, 1)
 
             handles.append(model.get_submodule(bn).register_forward_hook(hook))
     try:

@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import torch
-from torch import nn
 
 
 @dataclass(frozen=True)
@@ -82,14 +81,17 @@ class ChannelLayout:
         return [n for n, g in self.groups.items() if prune_coupled or not g.coupled]
 
 
-def full_indices(layout: ChannelLayout) -> dict[str, torch.Tensor]:
+# The channels a compact network keeps: per group, the ascending indices into the dense
+# network's channels. Slicing, scattering and the spec's widths are all read from it.
+KeptChannels = dict[str, torch.Tensor]
+
+
+def full_indices(layout: ChannelLayout) -> KeptChannels:
     """Keep-everything indices (the dense network)."""
     return {n: torch.arange(g.width) for n, g in layout.groups.items()}
 
 
-def indices_from_scores(
-    scores: dict[str, torch.Tensor], widths: dict[str, int]
-) -> dict[str, torch.Tensor]:
+def indices_from_scores(scores: dict[str, torch.Tensor], widths: dict[str, int]) -> KeptChannels:
     """Keep the ``widths[g]`` highest-scoring channels of every group, in ascending order."""
     keep = {}
     for name, s in scores.items():
@@ -97,26 +99,3 @@ def indices_from_scores(
         top = torch.topk(s.detach().float().cpu(), k, sorted=False).indices
         keep[name] = torch.sort(top).values
     return keep
-
-
-def filter_l1_scores(model: nn.Module, layout: ChannelLayout) -> dict[str, torch.Tensor]:
-    """L1 norm of each output filter, summed over a group's scored convs (Li et al. 2017)."""
-    modules = dict(model.named_modules())
-    scores = {}
-    for name, g in layout.groups.items():
-        total = torch.zeros(g.width)
-        for conv in g.scored_convs:
-            w = modules[conv].weight.detach().cpu()
-            total += w.abs().flatten(1).sum(1)
-        scores[name] = total
-    return scores
-
-
-def bn_gamma_scores(model: nn.Module, layout: ChannelLayout) -> dict[str, torch.Tensor]:
-    """Mean |gamma| over a group's BNs (network slimming, Liu et al. 2017)."""
-    modules = dict(model.named_modules())
-    scores = {}
-    for name, g in layout.groups.items():
-        gammas = [modules[bn].weight.detach().abs().cpu() for bn in g.scored_bns]
-        scores[name] = torch.stack(gammas).mean(0)
-    return scores

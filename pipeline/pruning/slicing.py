@@ -8,31 +8,44 @@ model's weights back at the kept indices and leaves dropped channels untouched.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from pipeline.errors import ArtifactError
 from pipeline.models import create_model
-from pipeline.pruning.groups import ChannelLayout, LayerWiring
+from pipeline.pruning.groups import ChannelLayout, KeptChannels, LayerWiring
 from pipeline.pruning.spec import ArchSpec
 
-Indices = dict[str, torch.Tensor]
+
+@dataclass(frozen=True)
+class DenseModel:
+    """A freshly initialised dense model with its channel layout and architecture spec."""
+
+    model: nn.Module
+    layout: ChannelLayout
+    spec: ArchSpec
+
+
+def dense_model(model_name: str, input_shape, num_classes: int) -> DenseModel:
+    """The dense ``model_name`` for ``input_shape`` (C, H, W) images: the one place a model
+    is made from a name and a shape, so the model, its layout and its spec always agree."""
+    c, h, _ = input_shape
+    model = create_model(model_name, num_classes=num_classes, in_channels=c, input_size=h)
+    layout = model.channel_layout()
+    spec = ArchSpec(model_name, tuple(input_shape), num_classes, layout.dense_widths())
+    return DenseModel(model, layout, spec)
 
 
 def dense_spec(model_name: str, input_shape, num_classes: int) -> ArchSpec:
-    model = create_model(
-        model_name, num_classes=num_classes, in_channels=input_shape[0], input_size=input_shape[1]
-    )
-    return ArchSpec(
-        model_name, tuple(input_shape), num_classes, model.channel_layout().dense_widths()
-    )
+    return dense_model(model_name, input_shape, num_classes).spec
 
 
 def build_model(spec: ArchSpec) -> nn.Module:
     """A freshly initialised model with the spec's widths."""
-    c, h, _ = spec.input_shape
-    model = create_model(spec.model, num_classes=spec.num_classes, in_channels=c, input_size=h)
-    layout = model.channel_layout()
+    dense = dense_model(spec.model, spec.input_shape, spec.num_classes)
+    model, layout = dense.model, dense.layout
     if set(spec.widths) != set(layout.groups):
         raise ArtifactError(
             f"architecture spec does not match model {spec.model!r}: expected groups "
@@ -85,12 +98,12 @@ def _resized(module: nn.Module, wiring: LayerWiring, widths: dict[str, int]) -> 
     raise TypeError(f"{wiring.module}: cannot resize {type(module).__name__}")
 
 
-def spec_for_indices(spec: ArchSpec, keep: Indices) -> ArchSpec:
+def spec_for_indices(spec: ArchSpec, keep: KeptChannels) -> ArchSpec:
     widths = {name: int(len(keep[name])) for name in spec.widths}
     return ArchSpec(spec.model, spec.input_shape, spec.num_classes, widths)
 
 
-def _select(layout: ChannelLayout, keep: Indices):
+def _sliced_tensors(layout: ChannelLayout, keep: KeptChannels):
     """Yield (module name, parameter name, index per dim) for every sliced tensor."""
     for wiring in layout.layers:
         out_idx = keep.get(wiring.out_group) if wiring.out_group else None
@@ -103,7 +116,8 @@ def _select(layout: ChannelLayout, keep: Indices):
         yield wiring.module, "bias", (out_idx,)
 
 
-def _gather(tensor: torch.Tensor, dims: tuple) -> torch.Tensor:
+def _kept_part(tensor: torch.Tensor, dims: tuple) -> torch.Tensor:
+    """The entries of ``tensor`` at the kept index of every dimension (None: all)."""
     for d, idx in enumerate(dims):
         if idx is not None:
             tensor = tensor.index_select(d, idx.to(tensor.device))
@@ -111,24 +125,26 @@ def _gather(tensor: torch.Tensor, dims: tuple) -> torch.Tensor:
 
 
 @torch.no_grad()
-def slice_weights(dense: nn.Module, compact: nn.Module, layout: ChannelLayout, keep: Indices):
+def slice_weights(dense: nn.Module, compact: nn.Module, layout: ChannelLayout, keep: KeptChannels):
     """Copy the kept channels of ``dense`` into ``compact`` (whose widths match ``keep``)."""
     dense_state, compact_state = dense.state_dict(), compact.state_dict()
-    for module, param, dims in _select(layout, keep):
+    for module, param, dims in _sliced_tensors(layout, keep):
         key = f"{module}.{param}"
         if key in dense_state:
-            compact_state[key].copy_(_gather(dense_state[key], dims))
-    handled = {f"{m}.{p}" for m, p, _ in _select(layout, keep)}
+            compact_state[key].copy_(_kept_part(dense_state[key], dims))
+    handled = {f"{m}.{p}" for m, p, _ in _sliced_tensors(layout, keep)}
     for key, value in dense_state.items():
         if key not in handled:  # BN counters and any unsliced parameter
             compact_state[key].copy_(value)
 
 
 @torch.no_grad()
-def scatter_weights(dense: nn.Module, compact: nn.Module, layout: ChannelLayout, keep: Indices):
+def scatter_weights(
+    dense: nn.Module, compact: nn.Module, layout: ChannelLayout, keep: KeptChannels
+):
     """Write ``compact``'s weights back into ``dense`` at the kept indices (JST's updater)."""
     dense_state, compact_state = dense.state_dict(), compact.state_dict()
-    for module, param, dims in _select(layout, keep):
+    for module, param, dims in _sliced_tensors(layout, keep):
         key = f"{module}.{param}"
         if key not in dense_state:
             continue

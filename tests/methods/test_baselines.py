@@ -7,8 +7,9 @@ import torch
 
 from pipeline.methods import SearchContext, available_methods, get_method
 from pipeline.methods.base import dense_setup
-from pipeline.methods.baselines import RECALIBRATION_BATCHES, train_from_scratch
+from pipeline.methods.baselines import RECALIBRATION_BATCHES, prune_pretrained, train_from_scratch
 from pipeline.pruning.flops import count_flops
+from pipeline.pruning.importance import Importance
 from pipeline.pruning.slicing import build_model
 from pipeline.train import calibration_batches, evaluate, recalibrate_bn, seed_everything
 from tests.conftest import tiny_config
@@ -91,3 +92,24 @@ def test_pruned_model_gets_bn_statistics_of_its_own(method, tiny_data):
     assert stats
     for key in stats:
         torch.testing.assert_close(got[key], want[key])
+
+
+class FirstChannels(Importance):
+    """A criterion a baseline can use without any change to it: the lowest-numbered."""
+
+    def __call__(self, model, layout):
+        return {n: -torch.arange(float(g.width)) for n, g in layout.groups.items()}
+
+
+def test_a_new_criterion_prunes_through_the_shared_baseline(tiny_data):
+    cfg = tiny_config(
+        search={"method": "l1", "target_flops": 0.5, "epochs": 0}, model={"arch": "resnet20"}
+    )
+    seed_everything(0)
+    ctx = SearchContext(cfg, tiny_data, torch.device("cpu"))
+    result = prune_pretrained(ctx, FirstChannels(), "first")
+    assert 0.49 <= result.summary["flops_ratio"] <= 0.5
+    seed_everything(0)
+    dense = dense_setup(ctx).model
+    k = result.spec.widths["stem"]
+    torch.testing.assert_close(result.model.conv1.weight, dense.conv1.weight[:k])

@@ -27,3 +27,29 @@ def test_gates_are_removed_after_the_block():
     with gated(model, layout, {n: torch.zeros(g.width) for n, g in layout.groups.items()}):
         assert torch.allclose(model(x), model.fc.bias.expand(2, -1))
     torch.testing.assert_close(model(x), before)
+
+
+def test_a_callable_gate_is_computed_at_every_forward_and_passes_gradients():
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=5, in_channels=3, input_size=8).eval()
+    layout = model.channel_layout()
+    x = torch.randn(2, 3, 8, 8)
+    alpha = {n: torch.zeros(g.width, requires_grad=True) for n, g in layout.groups.items()}
+    calls = []
+
+    def gate(a):
+        def factors():
+            calls.append(1)
+            return torch.sigmoid(a) * 2
+
+        return factors
+
+    fixed = {n: (torch.sigmoid(a) * 2).detach() for n, a in alpha.items()}
+    with torch.no_grad(), gated(model, layout, fixed):
+        expected = model(x)
+    with gated(model, layout, {n: gate(a) for n, a in alpha.items()}):
+        out = model(x)
+    assert len(calls) == sum(len(g.bns) for g in layout.groups.values())  # once per BN
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    out.sum().backward()
+    assert all(a.grad is not None and a.grad.abs().sum() > 0 for a in alpha.values())

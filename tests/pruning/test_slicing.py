@@ -9,6 +9,7 @@ from pipeline.models import available_models, create_model
 from pipeline.pruning.gates import gated, keep_masks
 from pipeline.pruning.slicing import (
     build_model,
+    dense_model,
     dense_spec,
     scatter_weights,
     slice_weights,
@@ -90,3 +91,24 @@ def test_scatter_writes_kept_indices_and_leaves_dropped_untouched():
     slice_weights(dense, again, layout, keep)
     for (k, a), b in zip(again.state_dict().items(), compact.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
+
+
+def test_dense_model_is_the_registry_model_with_its_layout_and_spec():
+    """One place builds a model from a name and a shape; it draws the same random numbers
+    as the registry's factory (a method's initial weights depend on it)."""
+    torch.manual_seed(0)
+    dense = dense_model("resnet20", (3, 16, 12), 7)
+    torch.manual_seed(0)
+    expected = create_model("resnet20", num_classes=7, in_channels=3, input_size=16)
+    for (k, a), (_, b) in zip(
+        dense.model.state_dict().items(), expected.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), k
+    assert dense.layout.dense_widths() == dense.spec.widths
+    assert (dense.spec.model, dense.spec.input_shape, dense.spec.num_classes) == (
+        "resnet20",
+        (3, 16, 12),
+        7,
+    )
+    assert dense_spec("resnet20", [3, 16, 12], 7) == dense.spec
+    assert build_model(dense.spec).state_dict().keys() == dense.model.state_dict().keys()

@@ -1,1 +1,1 @@
-from pipeline.methods.jst import search  # noqa: F401  (registers "jst")
+"""Joint search-and-training (JST); ``search`` registers the method "jst"."""

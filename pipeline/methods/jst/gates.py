@@ -9,12 +9,14 @@ collapsing onto one.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 from torch import nn
 
+from pipeline.pruning.gates import gated
 from pipeline.pruning.groups import ChannelLayout
 
 Alphas = dict[str, torch.Tensor]
@@ -39,11 +41,11 @@ class GatedNetwork(nn.Module):
     """``network`` with a learnable gate after the BNs of every group in ``alpha``.
 
     Its parameters are the network's and the alphas, so gradient all-reduce, global BN
-    and divergence checks treat both alike. Use through ``learnable_gates``, which removes
-    the hooks afterwards.
+    and divergence checks treat both alike. Use through ``learnable_gates``: the gates act
+    only within it (``pipeline.pruning.gates.gated`` applies them, and removes them after).
     """
 
-    def __init__(self, network: nn.Module, layout: ChannelLayout, alpha: Alphas, trainable: bool):
+    def __init__(self, network: nn.Module, alpha: Alphas, trainable: bool):
         super().__init__()
         self.network = network
         self.names = list(alpha)
@@ -52,18 +54,11 @@ class GatedNetwork(nn.Module):
             nn.Parameter(alpha[g].detach().clone().to(device), requires_grad=trainable)
             for g in self.names
         )
-        self._handles = []
-        for i, g in enumerate(self.names):
-            for bn in layout.groups[g].bns:
-                module = network.get_submodule(bn)
-                self._handles.append(module.register_forward_hook(self._hook(i)))
 
-    def _hook(self, index: int):
-        def apply(_module, _inputs, output):
-            gate = gates_of(self.alpha[index]).to(output.dtype)
-            return output * gate.view(1, -1, 1, 1)
-
-        return apply
+    def gates(self) -> dict[str, Callable[[], torch.Tensor]]:
+        """Every group's gate, computed from its alpha at each forward pass (so the
+        gradient reaches alpha)."""
+        return {g: partial(gates_of, a) for g, a in zip(self.names, self.alpha, strict=True)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x)
@@ -71,20 +66,14 @@ class GatedNetwork(nn.Module):
     def alphas(self) -> Alphas:
         return {g: a.detach().cpu().clone() for g, a in zip(self.names, self.alpha, strict=True)}
 
-    def remove_hooks(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-
 
 @contextmanager
 def learnable_gates(
     network: nn.Module, layout: ChannelLayout, alpha: Alphas, trainable: bool = True
 ) -> Iterator[GatedNetwork]:
-    gated = GatedNetwork(network, layout, alpha, trainable)
-    try:
-        yield gated
-    finally:
-        gated.remove_hooks()
+    net = GatedNetwork(network, alpha, trainable)
+    with gated(network, layout, net.gates()):
+        yield net
 
 
 class WeightsAndGates:
@@ -123,15 +112,14 @@ class WeightsAndGates:
         return {"weights": self.weights.state_dict(), "gates": adam}
 
     def load_state_dict(self, state: dict) -> None:
-        """Momenta and Adam moments; the learning rates stay those set now."""
-        load_momenta(self.weights, state["weights"])
+        self.weights.load_state_dict(state["weights"])
         if self.adam is not None and state["gates"] is not None:
             self.adam.load_state_dict(state["gates"])
 
 
-def load_momenta(optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """An optimizer's saved momenta, with the learning rates it has now (a later point of
-    the schedule than the one they were saved at)."""
+def load_momenta(optimizer: torch.optim.Optimizer | WeightsAndGates, state: dict) -> None:
+    """An optimizer's saved momenta (and Adam moments), with the learning rates it has now
+    (a later point of the schedule than the one they were saved at)."""
     lrs = [g["lr"] for g in optimizer.param_groups]
     optimizer.load_state_dict(state)
     for group, lr in zip(optimizer.param_groups, lrs, strict=True):

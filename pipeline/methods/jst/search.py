@@ -14,14 +14,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from pipeline import distributed
-from pipeline.atomic import torch_save_atomic
-from pipeline.data import Augment, BatchLoader, PreparedData, Split
+from pipeline.checkpoint import Checkpoint
+from pipeline.data import BatchLoader, PreparedData, Split
 from pipeline.errors import TrainingDiverged
 from pipeline.methods.base import (
     DenseSetup,
@@ -32,6 +31,7 @@ from pipeline.methods.base import (
     register_method,
 )
 from pipeline.methods.jst.gates import (
+    Alphas,
     WeightsAndGates,
     gates_of,
     learnable_gates,
@@ -44,19 +44,18 @@ from pipeline.methods.jst.schedule import Schedule
 from pipeline.progress import console, epoch_progress
 from pipeline.pruning.budget import check_feasible
 from pipeline.pruning.gates import fold_gates_into_bn, gated
+from pipeline.pruning.groups import KeptChannels
 from pipeline.pruning.slicing import build_model, scatter_weights, slice_weights, spec_for_indices
 from pipeline.train import (
     diverged_at,
     endless,
     evaluate,
-    gpu_data_limit,
+    make_loader,
     make_optimizer,
     recalibrate_bn,
     train,
     train_steps,
 )
-
-Keep = dict[str, torch.Tensor]
 
 
 @register_method("jst")
@@ -66,7 +65,7 @@ def jst(ctx: SearchContext) -> SearchResult:
 
 @dataclass
 class Candidate:
-    keep: Keep
+    keep: KeptChannels
     widths: dict[str, int]
     tau: dict[str, float]  # projected keep-masses
     decision: object | None
@@ -106,11 +105,13 @@ class JointSearch:
         self.static_state = self._static_group_state()
         self.history: list[dict] = []
         self.best: dict | None = None
-        self.frozen_keep: Keep | None = None  # the architecture of the frozen iterations
+        self.frozen_keep: KeptChannels | None = None  # the architecture of the frozen iterations
         self.frozen_optimizer: dict | None = None  # its momenta, carried across iterations
         self.next_iteration = 1
         self.fingerprint = f"jst:{cfg.model_dump_json()}:{data_fingerprint(ctx.data)}"
-        self.checkpoint = ctx.workdir / "jst.pt" if ctx.workdir else None
+        self.checkpoint = Checkpoint(
+            ctx.workdir / "jst.pt" if ctx.workdir else None, self.fingerprint, "jst"
+        )
 
     # ----------------------------------------------------------------- setup
     def _static_group_state(self) -> dict[str, tuple[float, float, float]]:
@@ -131,18 +132,8 @@ class JointSearch:
     def _loader(self, split: Split, t: int, salt: int, augment: bool = True) -> BatchLoader:
         """A shuffled loader whose order depends only on (seed, iteration, purpose)."""
         cfg = self.ctx.config
-        a = cfg.train.augment
-        return BatchLoader(
-            split,
-            self.data.mean,
-            self.data.std,
-            batch_size=cfg.train.batch_size,
-            shuffle=True,
-            augment=Augment(a.crop_padding, a.hflip) if augment else None,
-            seed=cfg.seed * 1_000_003 + t * 101 + salt,
-            device=self.device,
-            max_resident_bytes=gpu_data_limit(cfg.train, self.device),
-        )
+        seed = cfg.seed * 1_000_003 + t * 101 + salt
+        return make_loader(self.data, cfg.train, seed, self.device, split=split, augment=augment)
 
     # ------------------------------------------------------------------- run
     def run(self) -> SearchResult:
@@ -156,7 +147,9 @@ class JointSearch:
                     record = self._iteration(t)
                 except TrainingDiverged as err:
                     where = f"jst search iteration {t}/{total}"
-                    raise diverged_at(where, err, self._kept_checkpoint(t)) from None
+                    raise diverged_at(
+                        where, err, self.checkpoint.kept("iteration", t - 1)
+                    ) from None
                 self.history.append(record)
                 self.ctx.log_metrics(
                     {
@@ -213,7 +206,7 @@ class JointSearch:
         chosen = max(candidates, key=lambda c: c.reward)
         self.tau = {g: max(self.jst.tau_min, chosen.tau[g]) for g in self.groups}
 
-        sub = self._gather(chosen.keep)
+        sub = self._sub_network(chosen.keep)
         sub_alpha = {g: self.alpha[g][chosen.keep[g]].clone() for g in self.groups}
         lr, epochs = self.schedule.learning_rate(t), self.schedule.epochs(t)
         train_stats, sub_alpha = self._train_sub(sub, sub_alpha, t, lr, epochs, frozen)
@@ -276,7 +269,9 @@ class JointSearch:
             )
         return candidates, policy_loss
 
-    def _remember_best(self, t: int, val_top1: float, keep: Keep, sub: nn.Module, alpha: Keep):
+    def _remember_best(
+        self, t: int, val_top1: float, keep: KeptChannels, sub: nn.Module, alpha: Alphas
+    ):
         """Step 9: the best sub-network that met the final budget, as it was measured."""
         self.best = {
             "iteration": t,
@@ -286,14 +281,16 @@ class JointSearch:
             "alpha": {g: a.detach().clone() for g, a in alpha.items()},
         }
 
-    def _architecture_to_freeze(self, states, budget: float, sigma: float, delta: float) -> Keep:
+    def _architecture_to_freeze(
+        self, states, budget: float, sigma: float, delta: float
+    ) -> KeptChannels:
         """The best candidate so far that met the final budget (by validation accuracy),
         else a fresh draw at the final budget."""
         if self.best is not None:
             return {g: k.clone() for g, k in self.best["keep"].items()}
         return self._draw(states, budget, sigma, delta).keep
 
-    def _candidate_at(self, keep: Keep) -> Candidate:
+    def _candidate_at(self, keep: KeptChannels) -> Candidate:
         widths = {g: len(k) for g, k in keep.items()}
         tau = dict(self.tau)
         return Candidate(keep, widths, tau, None, self.budget.cost.ratio(widths))
@@ -327,7 +324,7 @@ class JointSearch:
         score_loader = self._loader(self.data.val, t, salt=1, augment=False)
         score_batches = list(zip(range(self.jst.score_batches), score_loader, strict=False))
         for c in candidates:
-            sub = self._gather(c.keep)
+            sub = self._sub_network(c.keep)
             alpha = {g: self.alpha[g][c.keep[g]] for g in self.groups}
             self._recalibrate(sub, alpha, calibration)
             with self._gated(sub, alpha):
@@ -342,15 +339,15 @@ class JointSearch:
         for c, (score, reward) in zip(candidates, agreed, strict=True):
             c.score, c.reward = score, reward
 
-    def _gather(self, keep: Keep) -> nn.Module:
+    def _sub_network(self, keep: KeptChannels) -> nn.Module:
         """The sub-network at ``keep``, physically built, with the target's weights."""
         sub = build_model(spec_for_indices(self.setup.spec, keep)).to(self.device)
         slice_weights(self.setup.model, sub, self.setup.layout, keep)
         return sub
 
     def _train_sub(
-        self, sub: nn.Module, sub_alpha: Keep, t: int, lr: float, epochs: float, frozen: bool
-    ) -> tuple[dict, Keep]:
+        self, sub: nn.Module, sub_alpha: Alphas, t: int, lr: float, epochs: float, frozen: bool
+    ) -> tuple[dict, Alphas]:
         """Step 7: train the chosen sub-network's weights and gates together.
 
         While the architecture is frozen the optimizer's momenta carry over from one
@@ -375,10 +372,7 @@ class JointSearch:
 
     def _train_steps(self, net, loader, steps: int, optimizer, frozen: bool, regularizer=None):
         if frozen and self.frozen_optimizer is not None:
-            if isinstance(optimizer, WeightsAndGates):
-                optimizer.load_state_dict(self.frozen_optimizer)
-            else:
-                load_momenta(optimizer, self.frozen_optimizer)
+            load_momenta(optimizer, self.frozen_optimizer)
         stats = train_steps(
             net, endless(loader), steps, optimizer, self.ctx.config.train, None, regularizer
         )
@@ -392,23 +386,23 @@ class JointSearch:
         loader = self._loader(self.data.train, t, salt=2, augment=False)
         return [x for _, (x, _) in zip(range(self.jst.recalibrate_batches), loader, strict=False)]
 
-    def _recalibrate(self, sub: nn.Module, sub_alpha: Keep, batches: list[torch.Tensor]) -> None:
+    def _recalibrate(self, sub: nn.Module, sub_alpha: Alphas, batches: list[torch.Tensor]) -> None:
         """BN statistics that describe this sub-network (gated), not the ones it inherited
         and partly kept through a few hundred steps of momentum 0.1."""
         with self._gated(sub, sub_alpha):
             recalibrate_bn(sub, batches)
 
-    def _update_target(self, sub: nn.Module, sub_alpha: Keep, keep: Keep) -> None:
+    def _update_target(self, sub: nn.Module, sub_alpha: Alphas, keep: KeptChannels) -> None:
         """Step 8: weights, BN statistics and alpha go back at the kept indices."""
         scatter_weights(self.setup.model, sub, self.setup.layout, keep)
         for g in self.groups:
             self.alpha[g][keep[g]] = sub_alpha[g]
 
-    def _val_accuracy(self, sub: nn.Module, sub_alpha: Keep) -> float:
+    def _val_accuracy(self, sub: nn.Module, sub_alpha: Alphas) -> float:
         with self._gated(sub, sub_alpha):
             return evaluate(sub, self.data.val, self.data, self.device)["top1"]
 
-    def _gated(self, sub: nn.Module, sub_alpha: Keep):
+    def _gated(self, sub: nn.Module, sub_alpha: Alphas):
         """``sub`` with its gates applied; gates that never learn are 1: nothing to apply."""
         if not self.gates_learn:
             return contextlib.nullcontext()
@@ -421,12 +415,12 @@ class JointSearch:
         best sub-network that met the final budget; gates folded into BN."""
         if self.frozen_keep is not None:
             keep = self.frozen_keep
-            sub = self._gather(keep)
+            sub = self._sub_network(keep)
             alpha = {g: self.alpha[g][keep[g]].clone() for g in self.groups}
             iteration, val_top1 = self.history[-1]["iteration"], self.history[-1]["val_top1"]
         elif self.best is not None:
             keep, alpha = self.best["keep"], self.best["alpha"]
-            sub = self._gather(keep)
+            sub = self._sub_network(keep)
             sub.load_state_dict(self.best["weights"])
             iteration, val_top1 = self.best["iteration"], self.best["val_top1"]
         else:
@@ -445,17 +439,9 @@ class JointSearch:
         return SearchResult(spec, sub, self.setup.spec, self.history, summary)
 
     # ------------------------------------------------------------ checkpoint
-    def _kept_checkpoint(self, t: int) -> str:
-        if self.checkpoint is None or t == 1:
-            return "No iteration checkpoint was written yet."
-        return f"The checkpoint after iteration {t - 1} is kept ({self.checkpoint})."
-
     def _save(self) -> None:
-        if self.checkpoint is None or not distributed.is_main():
-            return
-        torch_save_atomic(
+        self.checkpoint.save(
             {
-                "fingerprint": self.fingerprint,
                 "next_iteration": self.next_iteration,
                 "target": self.setup.model.state_dict(),
                 "alpha": self.alpha,
@@ -466,21 +452,12 @@ class JointSearch:
                 "best": self.best,
                 "frozen_keep": self.frozen_keep,
                 "frozen_optimizer": self.frozen_optimizer,
-            },
-            self.checkpoint,
+            }
         )
 
     def _resume(self) -> None:
-        path = self.checkpoint
-        if path is None or not Path(path).is_file():
-            return
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:
-            console.log(f"jst: ignoring unreadable checkpoint {path}")
-            return
-        if state.get("fingerprint") != self.fingerprint:
-            console.log("jst: checkpoint is of other parameters or data; starting afresh")
+        state = self.checkpoint.load()
+        if state is None:
             return
         self.setup.model.load_state_dict(state["target"])
         self.alpha, self.tau = state["alpha"], state["tau"]
@@ -489,7 +466,7 @@ class JointSearch:
         self.history, self.best = state["history"], state["best"]
         self.frozen_keep, self.frozen_optimizer = state["frozen_keep"], state["frozen_optimizer"]
         self.next_iteration = state["next_iteration"]
-        console.log(f"jst: resuming at iteration {self.next_iteration} from {path}")
+        console.log(f"jst: resuming at iteration {self.next_iteration} from {self.checkpoint.path}")
 
     def _check_ranks_resume_alike(self) -> None:
         distributed.check_same(self.next_iteration, "the JST iteration to resume at")

@@ -59,7 +59,7 @@ def test_updater_writes_kept_indices_and_leaves_dropped_untouched():
     candidate = search._draw(search._states(), 0.5, 1.0, 0.05)
     before = {k: v.clone() for k, v in search.setup.model.state_dict().items()}
     alpha_before = {g: a.clone() for g, a in search.alpha.items()}
-    sub = search._gather(candidate.keep)
+    sub = search._sub_network(candidate.keep)
     for p in sub.parameters():
         p.data.fill_(3.0)
     sub_alpha = {
@@ -92,7 +92,7 @@ def test_sampled_residual_networks_stay_aligned(arch):
     x = torch.randn(2, *data.input_shape)
     for budget in (0.9, 0.5, 0.3):
         candidate = search._draw(search._states(), budget, 2.0, 0.1)
-        sub = search._gather(candidate.keep).eval()
+        sub = search._sub_network(candidate.keep).eval()
         gates = {g: gates_of(search.alpha[g][candidate.keep[g]]) for g in search.groups}
         with torch.no_grad(), gated(sub, search.setup.layout, gates):
             assert sub(x).shape == (2, data.num_classes)
@@ -105,7 +105,7 @@ def test_folded_result_equals_gated_sub_network():
     search = _search(iterations=2, freeze_fraction=0.0)  # the result is the best snapshot
     result = search.run()
     best = search.best
-    sub = search._gather(best["keep"])
+    sub = search._sub_network(best["keep"])
     sub.load_state_dict(best["weights"])
     gates = {g: gates_of(a) for g, a in best["alpha"].items()}
     x = torch.randn(4, 1, 8, 8)
@@ -217,7 +217,7 @@ def test_bn_statistics_of_a_trained_sub_network_are_its_own():
     search = JointSearch(SearchContext(cfg, data, torch.device("cpu")))
     search.run()
     best = search.best
-    sub = search._gather(best["keep"])
+    sub = search._sub_network(best["keep"])
     sub.load_state_dict(best["weights"])
     expected = copy.deepcopy(sub)
     x = normalize(data.train.images, data.mean, data.std)
