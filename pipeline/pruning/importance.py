@@ -9,6 +9,7 @@ is one subclass; the baselines name no criterion.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ from pipeline.pruning.groups import ChannelLayout, KeptChannels, indices_from_sc
 Scores = dict[str, torch.Tensor]
 
 
-class Importance:
+class Importance(ABC):
     """A channel importance criterion: subclasses score, and say whether their scores
     compare across groups."""
 
@@ -31,8 +32,9 @@ class Importance:
     # threshold on the scores decides every group's width (network slimming).
     global_threshold = False
 
+    @abstractmethod
     def __call__(self, model: nn.Module, layout: ChannelLayout) -> Scores:
-        raise NotImplementedError
+        """Every group's channel scores (higher: keep)."""
 
     def widths(
         self,
