@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from pipeline.reproduce import DEFAULT_TOLERANCE as REPRODUCE_TOLERANCE
+
 app = typer.Typer(
     help="jst-pipeline: joint search-and-training pruning, shipped as ONNX.",
     no_args_is_help=True,
@@ -117,6 +119,42 @@ def inspect(
 
 
 @app.command()
+def predict(
+    images: Annotated[
+        list[Path], typer.Argument(help="Image files (PNG/JPEG) or folders of them.")
+    ],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="A .onnx file, models:/<name>@<alias> or models:/<name>/<version> "
+            "(default: the export stage's models/model.onnx)."
+        ),
+    ] = None,
+    top_k: Annotated[int, typer.Option(min=1, help="Classes shown per image.")] = 3,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON list: classes, probabilities, logits.")
+    ] = False,
+) -> None:
+    """Classify images with the exported model: the top classes with softmax probabilities."""
+    from pipeline.errors import PipelineError
+    from pipeline.predict import image_files, load_classifier
+    from stages.common import ONNX_MODEL
+
+    try:
+        files = image_files(images)
+        classifier = load_classifier(model or ONNX_MODEL, Path.cwd())
+        predictions = list(classifier.predict(files, top_k))
+    except PipelineError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps([p.as_dict() for p in predictions], indent=2))
+        return
+    for p in predictions:
+        typer.echo(f"{p.image}  " + ", ".join(f"{name} {prob:.4f}" for name, prob in p.top))
+
+
+@app.command()
 def reproduce(
     model: Annotated[
         str | None,
@@ -133,9 +171,20 @@ def reproduce(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the records and the commands only.")
     ] = False,
+    tolerance: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Largest absolute difference accepted in accuracy metrics (top1, top5, "
+            "fp32_top1; fractions, 0.01 = 1 percentage point). The architecture hash, FLOPs "
+            "and parameter counts must always be equal; 0 demands every metric bit for bit.",
+        ),
+    ] = REPRODUCE_TOLERANCE,
 ) -> None:
     """Rebuild a registered model version from its run's records (git clone at the recorded
-    commit, recorded params.yaml, dvc repro) and compare architecture hash and metrics."""
+    commit, recorded params.yaml, dvc repro) and compare architecture hash and metrics.
+    Exit status 0 when reproduced (bit for bit, or accuracies within --tolerance), 1 if not."""
     import tempfile
 
     from pipeline import reproduce as rebuild
@@ -162,7 +211,7 @@ def reproduce(
             for command in rebuild.rebuild_commands(root, target, commit):
                 typer.echo("$ " + " ".join(command))
             return
-        outcome = rebuild.rebuild(recorded, root, target, echo=typer.echo)
+        outcome = rebuild.rebuild(recorded, root, target, echo=typer.echo, tolerance=tolerance)
     except PipelineError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None

@@ -198,6 +198,9 @@ class FinetuneConfig(_Section):
 class ExportConfig(_Section):
     opset: int = Field(18, ge=13, le=23)
     tolerance: float = Field(1e-4, gt=0, le=1)
+    # image: the ONNX model takes uint8 N x H x W x C images as decoded and normalizes them
+    # itself; tensor: it takes float32 N x C x H x W, already normalized (pipeline.export).
+    input: Literal["image", "tensor"] = "image"
     # int8: the deployed model.onnx is ONNX Runtime's static int8 quantization (QDQ)
     # of the fp32 export, refused if its validation top-1 drops by more than int8_max_drop.
     quantize: Literal["none", "int8"] = "none"

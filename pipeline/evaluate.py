@@ -111,8 +111,9 @@ def top_k_accuracy(
 ) -> dict[str, float]:
     """Top-k accuracies (fractions in [0, 1]) keyed "top1", "top5", ...
 
-    ``images`` are normalized float32 N x C x H x W, ``labels`` int64 N. A k above the
-    number of classes is clipped to it (top5 of a 3-class model is 1.0).
+    ``images`` are what the session takes (normalized float32 N x C x H x W, or uint8
+    N x H x W x C for an image-input model: ``pipeline.export.graph_inputs``), ``labels``
+    int64 N. A k above the number of classes is clipped to it (top5 of a 3-class model is 1.0).
     """
     if len(images) != len(labels) or len(images) == 0:
         raise ValueError(f"need as many labels as images (> 0), got {len(images)}/{len(labels)}")
@@ -139,8 +140,11 @@ def measure_latency(
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Time every session on the same random input, per batch size.
 
-    Runs are interleaved (each repeat runs every session once, the starting session
-    rotating) so that load spikes and clock changes hit all sessions alike. A run is one
+    ``input_shape`` is the classifier's C x H x W; a session whose graph takes uint8 images
+    (N x H x W x C) gets random uint8 images of that size, one taking tensors gets standard
+    normal N x C x H x W. Runs are interleaved (each repeat runs every session once, the
+    starting session rotating) so that load spikes and clock changes hit all sessions
+    alike. A run is one
     ``session.run`` call, host-to-host (input copy and output copy included).
 
     Returns ``{"batch_<B>": {<session name>: {"median_ms", "p90_ms", "mean_ms",
@@ -150,9 +154,14 @@ def measure_latency(
         raise ValueError("need at least one session, warmup >= 0 and repeats >= 1")
     rng = np.random.default_rng(seed)
     result = {}
+    channels, height, width = input_shape
     for batch in batch_sizes:
-        x = rng.standard_normal((batch, *input_shape), dtype=np.float32)
-        runners = {name: _runner(session, x) for name, session in sessions.items()}
+        tensors = rng.standard_normal((batch, *input_shape), dtype=np.float32)
+        images = rng.integers(0, 256, (batch, height, width, channels), dtype=np.uint8)
+        runners = {
+            name: _runner(session, images if _input_dtype(session) == np.uint8 else tensors)
+            for name, session in sessions.items()
+        }
         result[f"batch_{batch}"] = time_interleaved(runners, warmup=warmup, repeats=repeats)
     return result
 
@@ -222,6 +231,12 @@ def _summary(ms: list[float]) -> dict[str, float]:
     }
 
 
+def _input_dtype(session: ort.InferenceSession) -> type[np.generic]:
+    """The numpy type of the session's input: ONNX Runtime names it "tensor(uint8)" etc."""
+    kind = session.get_inputs()[0].type
+    return np.uint8 if kind == "tensor(uint8)" else np.float32
+
+
 def _run(session: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
-    feed = {session.get_inputs()[0].name: np.ascontiguousarray(x, dtype=np.float32)}
+    feed = {session.get_inputs()[0].name: np.ascontiguousarray(x, dtype=_input_dtype(session))}
     return session.run(None, feed)[0]

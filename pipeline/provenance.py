@@ -17,6 +17,7 @@ import os
 import platform
 import socket
 import subprocess
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
@@ -28,6 +29,10 @@ from pipeline.errors import ArtifactError
 
 RECORD_FILE = "provenance.json"
 RECORD_SCHEMA = 1
+
+# MLflow's source type of a run made by the code of a (git) project: the UI's Source column
+# shows "<repository name>:<entry point>" and links the commit of a GitHub/GitLab remote.
+SOURCE_TYPE = "PROJECT"
 
 # Uncommitted changes under these paths make a run "dirty": its commit does not hold the code
 # that ran. DVC's outputs, dvc.lock and params.yaml (set by `dvc exp run -S`) change in every
@@ -81,12 +86,15 @@ def collect(
 def record_tags(record: Mapping[str, Any]) -> dict[str, str]:
     """The searchable part of a record, as MLflow tags (the record itself is an artifact)."""
     device = record["device"]
-    tags = git_tags(record["git"]) | {
-        "mlflow.source.git.commit": record["git"]["commit"] or "unknown",  # shown by the UI
-        "host.name": device["host"],
-        "device": device["torch"],
-        "torch.threads": str(device["torch_threads"]),
-    }
+    tags = (
+        git_tags(record["git"])
+        | source_tags(record["git"], record.get("stage"))
+        | {
+            "host.name": device["host"],
+            "device": device["torch"],
+            "torch.threads": str(device["torch_threads"]),
+        }
+    )
     tags |= {f"version.{name}": version for name, version in record["packages"].items()}
     experiment = record.get("dvc_experiment") or {}
     if "name" in experiment:
@@ -100,10 +108,62 @@ def record_tags(record: Mapping[str, Any]) -> dict[str, str]:
 
 
 def git_state(repo_root: Path | str) -> dict[str, Any]:
-    """``{"commit": sha or None, "dirty": bool or None}``; None outside a git repository."""
+    """``{"commit": sha, "dirty": bool, "repository": remote URL or path, "branch": name}``;
+    each None outside a git repository (and the branch None on a detached HEAD)."""
     commit = git_output(repo_root, "rev-parse", "HEAD")
     status = git_output(repo_root, "status", "--porcelain", "--", *CODE_PATHS)
-    return {"commit": commit, "dirty": None if status is None else bool(status)}
+    return {
+        "commit": commit,
+        "dirty": None if status is None else bool(status),
+        "repository": git_repository(repo_root) if commit else None,
+        "branch": git_output(repo_root, "symbolic-ref", "--quiet", "--short", "HEAD") or None,
+    }
+
+
+def git_repository(repo_root: Path | str) -> str | None:
+    """Where the code lives: the ``origin`` remote's URL (else the first remote's), without
+    credentials; the repository's folder when it has no remote (the original repository's,
+    in a DVC experiment's temporary copy)."""
+    from pipeline.tracking.store import original_repo_root  # plain paths, no MLflow
+
+    root = original_repo_root(Path(repo_root).resolve())
+    remotes = (git_output(root, "remote") or "").split()
+    if remotes:
+        remote = "origin" if "origin" in remotes else remotes[0]
+        url = git_output(root, "remote", "get-url", remote)
+        if url:
+            return without_credentials(url)
+    return git_output(root, "rev-parse", "--show-toplevel")
+
+
+def without_credentials(url: str) -> str:
+    """``url`` without a password (and, for http(s), without the user, often a token)."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc or not parts.scheme:  # a path, or scp-like git@host:repo
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    keep_user = parts.scheme not in ("http", "https") and ":" not in user
+    netloc = f"{user}@{host}" if keep_user else host
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def source_tags(git: Mapping[str, Any], stage: str | None) -> dict[str, str]:
+    """MLflow's own source tags, which fill the UI's Source and Version columns: the
+    repository, its commit and branch, and (stage runs) the stage as the entry point."""
+    tags = {"mlflow.source.git.commit": git["commit"] or "unknown"}
+    if git.get("repository"):
+        tags |= {
+            "mlflow.source.name": git["repository"],
+            "mlflow.source.type": SOURCE_TYPE,
+            "mlflow.source.git.repoURL": git["repository"],
+        }
+    if git.get("branch"):
+        tags["mlflow.source.git.branch"] = git["branch"]
+    if git.get("dirty") is not None:
+        tags["mlflow.source.git.dirty"] = str(git["dirty"]).lower()
+    if stage:
+        tags["mlflow.project.entryPoint"] = stage
+    return tags
 
 
 def git_tags(git: Mapping[str, Any]) -> dict[str, str]:

@@ -33,7 +33,10 @@ def quantize_int8(
     *,
     batch_size: int = 32,
 ) -> Path:
-    """Write the int8 (QDQ) version of ``fp32_path`` to ``out_path``, atomically."""
+    """Write the int8 (QDQ) version of ``fp32_path`` to ``out_path``, atomically.
+
+    ``calibration_images`` are inputs as the fp32 graph takes them (uint8 N x H x W x C
+    images or normalized float32 N x C x H x W tensors, see ``pipeline.export``)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -43,9 +46,12 @@ def quantize_int8(
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     fp32 = onnx.load(str(fp32_path))
-    input_name = fp32.graph.input[0].name
+    graph_input = fp32.graph.input[0]
+    input_name = graph_input.name
+    # What the graph takes: uint8 images or normalized float32 tensors (pipeline.export).
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(graph_input.type.tensor_type.elem_type)
     batches = [
-        np.ascontiguousarray(calibration_images[i : i + batch_size], dtype=np.float32)
+        np.ascontiguousarray(calibration_images[i : i + batch_size], dtype=dtype)
         for i in range(0, len(calibration_images), batch_size)
     ]
 

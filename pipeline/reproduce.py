@@ -3,6 +3,12 @@ a fresh ``git clone`` of the repository checked out at the recorded commit, the 
 ``params.yaml``, ``dvc repro``, then the architecture hash, the metrics and DVC's input hashes
 compared with the records.
 
+The architecture hash and every count (FLOPs, parameters, sizes) must be equal. Accuracy
+metrics (``top1``, ``top5``, ``fp32_top1``: fractions in [0, 1]) may differ by an absolute
+``tolerance`` (``DEFAULT_TOLERANCE``): the same commit rebuilt on another CPU can train to the
+same architecture with a few test images classified differently. The report says whether the
+rebuild is bit for bit the same or within the tolerance, and shows every difference.
+
 The rebuild runs in its own folder and logs to its own MLflow store (``<folder>/mlflow.db``),
 so the registry it is checked against gets no new runs or versions. Latency metrics are
 timings and are not compared.
@@ -11,21 +17,31 @@ timings and are not compared.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from pipeline.errors import PipelineError
 from pipeline.provenance import device_info, git_output, package_versions
-from pipeline.tracking import RecordedModelVersion
+
+if TYPE_CHECKING:  # the CLI imports DEFAULT_TOLERANCE at start: no tracking import for it
+    from pipeline.tracking import RecordedModelVersion
 
 TIMING_MARKERS = ("latency", "speedup")  # never equal twice
+
+# Accuracy metrics may differ by up to this much (absolute, as a fraction: 0.01 = 1 percentage
+# point; 3 images of the digits test split) for a rebuild to count as reproduced. The one default:
+# `jst reproduce --tolerance` uses it.
+DEFAULT_TOLERANCE = 0.01
+_ACCURACY = re.compile(r"(^|_)top\d+$")  # top1, top5, fp32_top1
 
 # Variables that would point the rebuild at the original repository or tracking store.
 _LEAKY_ENV_PREFIXES = ("GIT_", "DVC_", "MLFLOW_TRACKING_", "MLFLOW_REGISTRY_")
@@ -33,13 +49,38 @@ _LEAKY_ENV_PREFIXES = ("GIT_", "DVC_", "MLFLOW_TRACKING_", "MLFLOW_REGISTRY_")
 
 @dataclass(frozen=True)
 class Check:
+    """One recorded value against the rebuilt one; ``tolerance`` is the absolute difference
+    accepted (0 for everything but accuracy metrics)."""
+
     name: str
     recorded: Any
     rebuilt: Any
+    tolerance: float = 0.0
 
     @property
     def same(self) -> bool:
         return self.recorded == self.rebuilt
+
+    @property
+    def difference(self) -> float | None:
+        """rebuilt - recorded, for two numbers; None otherwise."""
+        if _is_number(self.recorded) and _is_number(self.rebuilt):
+            return self.rebuilt - self.recorded
+        return None
+
+    @property
+    def passed(self) -> bool:
+        if self.same:
+            return True
+        difference = self.difference
+        if difference is None or math.isnan(difference):
+            return False
+        # isclose: a difference of exactly the tolerance, computed in floats, may exceed it.
+        return abs(difference) <= self.tolerance or math.isclose(abs(difference), self.tolerance)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @dataclass
@@ -50,10 +91,38 @@ class Outcome:
     workdir: Path
     checks: list[Check] = field(default_factory=list)
     inputs: list[Check] = field(default_factory=list)
+    tolerance: float = DEFAULT_TOLERANCE
 
     @property
     def reproduced(self) -> bool:
+        return bool(self.checks) and all(check.passed for check in self.checks)
+
+    @property
+    def bit_for_bit(self) -> bool:
         return bool(self.checks) and all(check.same for check in self.checks)
+
+    @property
+    def failed(self) -> list[Check]:
+        return [check for check in self.checks if not check.passed]
+
+    def largest_difference(self) -> Check | None:
+        """The passed check whose value moved most (None when all are equal)."""
+        moved = [c for c in self.checks if not c.same and c.passed and c.difference is not None]
+        return max(moved, key=lambda c: abs(c.difference), default=None)
+
+
+def is_accuracy(metric: str) -> bool:
+    return _ACCURACY.search(metric) is not None
+
+
+def check_tolerance(tolerance: float) -> float:
+    """``tolerance`` if it is a usable accuracy difference; a clear error otherwise."""
+    if not (_is_number(tolerance) and 0 <= tolerance <= 1):
+        raise PipelineError(
+            f"tolerance {tolerance!r} is not an accuracy difference: give a fraction in [0, 1] "
+            f"(0.01 = 1 percentage point; 0 = bit for bit; default {DEFAULT_TOLERANCE})."
+        )
+    return float(tolerance)
 
 
 # --------------------------------------------------------------------------- before
@@ -107,9 +176,12 @@ def rebuild(
     source: Path,
     workdir: Path,
     echo: Callable[[str], None] = print,
+    tolerance: float = DEFAULT_TOLERANCE,
 ) -> Outcome:
     """Clone ``source`` at the recorded commit into ``workdir``, run ``dvc repro`` there with
-    the recorded parameters and compare the results with the records."""
+    the recorded parameters and compare the results with the records (accuracy metrics
+    within ``tolerance``)."""
+    check_tolerance(tolerance)
     commit = commit_to_rebuild(recorded)
     if workdir.exists() and any(workdir.iterdir()):
         raise PipelineError(f"{workdir} exists and is not empty; choose another --workdir.")
@@ -123,7 +195,7 @@ def rebuild(
     if _write_recorded_params(recorded, workdir):
         echo("params.yaml: the recorded one differs from the commit's (dvc exp run -S); using it")
     _run([sys.executable, "-m", "dvc", *repro[1:]], workdir, echo)
-    return compare(recorded, workdir)
+    return compare(recorded, workdir, tolerance=tolerance)
 
 
 def _write_recorded_params(recorded: RecordedModelVersion, workdir: Path) -> bool:
@@ -153,8 +225,12 @@ def _rebuild_env() -> dict[str, str]:
 # --------------------------------------------------------------------------- compare
 
 
-def compare(recorded: RecordedModelVersion, workdir: Path) -> Outcome:
-    """The rebuilt ``metrics/evaluate.json`` and ``dvc.lock`` against the records."""
+def compare(
+    recorded: RecordedModelVersion, workdir: Path, *, tolerance: float = DEFAULT_TOLERANCE
+) -> Outcome:
+    """The rebuilt ``metrics/evaluate.json`` and ``dvc.lock`` against the records; accuracy
+    metrics may differ by ``tolerance``, everything else must be equal."""
+    tolerance = check_tolerance(tolerance)
     evaluate_json = workdir / "metrics" / "evaluate.json"
     if not evaluate_json.is_file():
         raise PipelineError(f"{evaluate_json} is missing: the rebuild did not finish.")
@@ -166,12 +242,14 @@ def compare(recorded: RecordedModelVersion, workdir: Path) -> Outcome:
         or run_tags.get("arch_sha256")
         or run_tags.get("jst.arch_sha256")
     )
-    outcome = Outcome(workdir, [Check("arch_sha256", arch, rebuilt.get("arch_sha256"))])
+    arch_check = Check("arch_sha256", arch, rebuilt.get("arch_sha256"))
+    outcome = Outcome(workdir, [arch_check], tolerance=tolerance)
     for name in sorted(recorded.metrics):
         if not is_timing(name):
             value = rebuilt.get(name)
-            number = float(value) if isinstance(value, int | float) else value
-            outcome.checks.append(Check(name, recorded.metrics[name], number))
+            number = float(value) if _is_number(value) else value
+            allowed = tolerance if is_accuracy(name) else 0.0
+            outcome.checks.append(Check(name, recorded.metrics[name], number, allowed))
     stage = (recorded.record.get("dvc") or {}).get("stage")
     locked = locked_deps(workdir / "dvc.lock", stage) if stage else {}
     for path, md5 in sorted((recorded.record.get("dvc") or {}).get("deps", {}).items()):
@@ -193,14 +271,42 @@ def locked_deps(dvc_lock: Path, stage: str) -> dict[str, str]:
 
 
 def report(outcome: Outcome) -> list[str]:
-    """One line per check, then the verdict."""
+    """Every check (recorded | rebuilt | difference), DVC's input hashes, then the verdict."""
     lines = []
-    for title, checks in (("recorded vs rebuilt", outcome.checks), ("DVC inputs", outcome.inputs)):
-        if checks:
-            lines.append(f"{title}:")
-        for check in checks:
-            mark = "same" if check.same else "DIFFERENT"
-            lines.append(f"  {mark:<9} {check.name}: {check.recorded} | {check.rebuilt}")
-    verdict = "reproduced" if outcome.reproduced else "NOT reproduced"
-    lines.append(f"{verdict}: architecture and non-timing metrics (rebuild in {outcome.workdir})")
+    if outcome.checks:
+        lines.append(
+            f"recorded | rebuilt | difference (accuracies may differ by {outcome.tolerance:g}, "
+            "everything else must be equal):"
+        )
+    for check in outcome.checks:
+        mark = "same" if check.same else "within" if check.passed else "DIFFERENT"
+        difference = "" if check.same or check.difference is None else f"{check.difference:+.6g}"
+        lines.append(
+            f"  {mark:<9} {check.name}: {check.recorded} | {check.rebuilt} | {difference or '-'}"
+        )
+    if outcome.inputs:
+        lines.append("DVC inputs (equal only when the rebuild is bit for bit the same):")
+    for check in outcome.inputs:
+        mark = "same" if check.same else "DIFFERENT"
+        lines.append(f"  {mark:<9} {check.name}: {check.recorded} | {check.rebuilt}")
+    lines.append(f"{verdict(outcome)} (rebuild in {outcome.workdir})")
     return lines
+
+
+def verdict(outcome: Outcome) -> str:
+    if outcome.bit_for_bit:
+        return "reproduced bit for bit: architecture and every non-timing metric equal"
+    if outcome.reproduced:
+        largest = outcome.largest_difference()
+        moved = f"{largest.name} {largest.difference:+.6g}" if largest else "none"
+        return (
+            f"reproduced within tolerance {outcome.tolerance:g}: architecture and counts equal, "
+            f"largest accuracy difference {moved}"
+        )
+    if not outcome.checks:
+        return "NOT reproduced: nothing was compared"
+    failed = ", ".join(check.name for check in outcome.failed)
+    return (
+        f"NOT reproduced: {failed} differ (accuracies beyond {outcome.tolerance:g}, anything "
+        "else at all)"
+    )

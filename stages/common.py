@@ -37,6 +37,15 @@ METRICS_DIR = ROOT / "metrics"
 PLOTS_DIR = METRICS_DIR / "plots"
 CHECKPOINT_DIR = ROOT / "checkpoints"
 
+# What each stage uses the prepared data set for: the context of its MLflow dataset input.
+DATASET_CONTEXT = {
+    "prepare": "training",
+    "search": "training",
+    "finetune": "training",
+    "export": "testing",  # parity check on test images (and int8 calibration)
+    "evaluate": "testing",
+}
+
 
 def stage_checkpoints(stage: str, cfg: PipelineConfig, inputs: list[Path]) -> Path:
     """The folder of ``stage``'s resume checkpoints: checkpoints/<stage>/<key>.
@@ -167,7 +176,23 @@ def tracked_stage(cfg: PipelineConfig, stage: str, inputs: list[Path]) -> Iterat
     tags["dvc.stage"] = stage
     with tracker.stage_run(stage, tags) as run:
         run.log_dict(record, provenance.RECORD_FILE)
+        prepared_key = f"input.{_display_path(PREPARED_DIR).as_posix()}"
+        if prepared_key in tags:  # the stage reads data/prepared: its dataset input
+            log_prepared_dataset(run, cfg, stage, tags[prepared_key])
         yield run
+
+
+def log_prepared_dataset(run, cfg: PipelineConfig, stage: str, digest: str | None = None) -> None:
+    """Log data/prepared as the MLflow dataset of ``run`` and of the pipeline's run: its
+    DVC md5 (``digest``, hashed here when None), splits and where it came from."""
+    from pipeline import tracking
+
+    digest = digest or tracking.file_md5(PREPARED_DIR, ROOT)
+    origin = tracking.dataset_origin(
+        cfg.data.dataset, tracking.original_repo_root(ROOT) / cfg.data.root
+    )
+    dataset = tracking.prepared_dataset(PREPARED_DIR, digest, origin)
+    run.log_dataset(dataset, DATASET_CONTEXT[stage])
 
 
 class NoRun:

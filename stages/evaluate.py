@@ -5,12 +5,17 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import torch
-
 from pipeline.artifacts import load_compact
 from pipeline.data import load_prepared, normalize
 from pipeline.evaluate import measure_latency, open_session, top_k_accuracy
-from pipeline.export import check_onnx_matches, export_onnx, read_metadata
+from pipeline.export import (
+    IMAGE,
+    check_onnx_matches,
+    export_onnx,
+    graph_inputs,
+    input_format_of,
+    read_metadata,
+)
 from pipeline.provenance import git_state, git_tags
 from pipeline.pruning.flops import count_flops, count_params
 from pipeline.pruning.slicing import build_model, dense_spec
@@ -43,15 +48,21 @@ def main() -> None:
         session, provider = open_session(ONNX_MODEL, e.device, intra_op_threads=e.threads)
         dense_session, _ = open_session(DENSE_ONNX, e.device, intra_op_threads=e.threads)
         sessions = {"dense": dense_session, "compact": session}
-        images = normalize(data.test.images, data.mean, data.std).numpy()
+        onnx_metadata = read_metadata(ONNX_MODEL)
+        input_format = input_format_of(onnx_metadata, ONNX_MODEL)  # what model.onnx takes
+        images = graph_inputs(data.test.images, input_format, data.mean, data.std)
         labels = data.test.labels.numpy()
         accuracy = top_k_accuracy(session, images, labels)
-        quantization = read_metadata(ONNX_MODEL).get(QUANTIZATION_KEY, "none")
+        quantization = onnx_metadata.get(QUANTIZATION_KEY, "none")
         with tempfile.TemporaryDirectory() as tmp:
-            if quantization != "none":  # the fp32 compact model, side by side
+            if quantization != "none":  # the fp32 compact model, side by side, same input
                 fp32_path = Path(tmp) / "model_fp32.onnx"
-                samples = torch.from_numpy(images[:16])
-                export_onnx(compact, spec.input_shape, fp32_path, sample_inputs=samples)
+                export_onnx(
+                    compact,
+                    spec.input_shape,
+                    fp32_path,
+                    **fp32_export_inputs(data, input_format),
+                )
                 sessions["fp32"] = open_session(fp32_path, e.device, intra_op_threads=e.threads)[0]
                 accuracy["fp32_top1"] = top_k_accuracy(sessions["fp32"], images, labels)["top1"]
             latency = measure_latency(
@@ -88,6 +99,10 @@ def main() -> None:
             tags={
                 "arch_sha256": spec.sha256,
                 "flops_ratio": f"{metrics['flops_ratio']:.4f}",
+                "flops": metrics["flops"],
+                "dense_flops": metrics["dense_flops"],
+                "params": metrics["params"],
+                "dense_params": metrics["dense_params"],
                 "top1": f"{metrics['top1']:.4f}",
                 "method": cfg.search.method,
                 "quantization": quantization,
@@ -98,6 +113,14 @@ def main() -> None:
         # The version is logged on the pipeline run as metric model_version by the registry
         # call (also when it had to be spooled).
         run.finish_pipeline(numeric)
+
+
+def fp32_export_inputs(data, input_format: str) -> dict:
+    """``export_onnx`` arguments giving the fp32 model the input ``model.onnx`` takes."""
+    images = data.test.images[:16]
+    if input_format == IMAGE:
+        return {"sample_inputs": images, "image_input": (data.mean, data.std)}
+    return {"sample_inputs": normalize(images, data.mean, data.std)}
 
 
 def summarize(accuracy: dict, latency: dict, batch_sizes: list[int], provider: str) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 from pipeline.artifacts import load_compact
 from pipeline.data import load_prepared, normalize
 from pipeline.evaluate import open_session, top_k_accuracy
-from pipeline.export import export_onnx
+from pipeline.export import IMAGE, export_onnx, graph_inputs
 from pipeline.pruning.slicing import build_model, dense_spec
 from pipeline.quantize import check_accuracy_kept, quantize_int8
 from stages.common import (
@@ -33,7 +33,7 @@ def main() -> None:
     with tracked_stage(cfg, "export", [PREPARED_DIR, COMPACT_DIR]) as run:
         data = load_prepared(PREPARED_DIR)
         spec, model = load_compact(COMPACT_DIR)
-        samples = normalize(data.test.images[:PARITY_IMAGES], data.mean, data.std)
+        samples, image_input = export_inputs(cfg, data)
         metadata = {
             "arch_sha256": spec.sha256,
             "arch_spec": spec.canonical_json(),
@@ -51,6 +51,7 @@ def main() -> None:
                 opset=cfg.export.opset,
                 metadata=metadata,
                 tolerance=cfg.export.tolerance,
+                image_input=image_input,
             )
             quantized = {}
             if cfg.export.quantize == "int8":
@@ -68,30 +69,42 @@ def main() -> None:
             opset=cfg.export.opset,
             metadata={"arch_sha256": dense.sha256},
             tolerance=cfg.export.tolerance,
+            image_input=image_input,  # the same input as model.onnx: comparable latencies
         )
         metrics = {
             "max_abs_diff": report.max_abs_diff,
             "dense_max_abs_diff": dense_report.max_abs_diff,
             "parity_images": report.num_checked,
             "opset": cfg.export.opset,
+            "input_format": report.input_format,
             "arch_sha256": spec.sha256,
             "quantize": cfg.export.quantize,
             **quantized,
         }
         write_json(METRICS_DIR / "export.json", metrics)
         run.log_metrics({"max_abs_diff": report.max_abs_diff, **quantized})
-        run.set_tags({"export.quantize": cfg.export.quantize})
+        run.set_tags({"export.quantize": cfg.export.quantize, "export.input": report.input_format})
         run.log_artifact(ONNX_MODEL, "onnx")
+
+
+def export_inputs(cfg, data) -> tuple:
+    """Parity samples and ``export_onnx``'s ``image_input`` for export.input: raw test
+    images and the training mean/std to bake in (image), or normalized tensors (tensor)."""
+    images = data.test.images[:PARITY_IMAGES]
+    if cfg.export.input == IMAGE:
+        return images, (data.mean, data.std)
+    return normalize(images, data.mean, data.std), None
 
 
 def quantize_checked(cfg, data, fp32_path: Path, int8_path: Path) -> dict:
     """Quantize, calibrating on training images, and refuse an int8 model whose
     validation top-1 falls more than export.int8_max_drop below the fp32 model's."""
-    calibration = normalize(
-        data.train.images[: cfg.export.calibration_images], data.mean, data.std
-    ).numpy()
+    fmt = cfg.export.input
+    calibration = graph_inputs(
+        data.train.images[: cfg.export.calibration_images], fmt, data.mean, data.std
+    )
     quantize_int8(fp32_path, int8_path, calibration)
-    images = normalize(data.val.images, data.mean, data.std).numpy()
+    images = graph_inputs(data.val.images, fmt, data.mean, data.std)
     labels = data.val.labels.numpy()
     top1 = {
         name: top_k_accuracy(open_session(path, "cpu")[0], images, labels)["top1"]

@@ -91,23 +91,27 @@ def stop_server(server: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
 
 
 def wait_for_health(
-    url: str, server: subprocess.Popen, timeout_s: float = 60, log_path: Path | None = None
+    url: str,
+    server: subprocess.Popen,
+    timeout_s: float = 60,
+    log_path: Path | None = None,
+    *,
+    probe: str = "/health",
+    name: str = "mlflow server",
 ) -> None:
-    """Poll ``url``/health until it answers 200; fail the test (showing the end of the log at
-    ``log_path``) when the server exits or does not answer within ``timeout_s``."""
+    """Poll ``url`` + ``probe`` until it answers 200; fail the test (showing the end of the log
+    at ``log_path``) when the server ``name`` exits or does not answer within ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            pytest.fail(f"mlflow server exited with code {server.returncode}{_shown(log_path)}")
+            pytest.fail(f"{name} exited with code {server.returncode}{_shown(log_path)}")
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=1) as response:
+            with urllib.request.urlopen(f"{url}{probe}", timeout=2) as response:
                 if response.status == 200:
                     return
         except OSError:
             time.sleep(0.3)
-    pytest.fail(
-        f"mlflow server at {url} did not answer /health within {timeout_s} s{_shown(log_path)}"
-    )
+    pytest.fail(f"{name} at {url} did not answer {probe} within {timeout_s} s{_shown(log_path)}")
 
 
 def log_tail(log_path: Path) -> str:

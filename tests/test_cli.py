@@ -18,6 +18,8 @@ COMMANDS = [
     "models",
     "methods",
     "inspect",
+    "predict",
+    "reproduce",
 ]
 
 

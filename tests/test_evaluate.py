@@ -172,3 +172,33 @@ def test_sessions_flush_denormals_and_timing_runs_with_them_flushed(model_path):
     time_interleaved({"probe": lambda: seen.append(float(denormal * 1.0))}, warmup=0, repeats=2)
     assert seen == [0.0, 0.0]  # flushed while timed (a 75x slowdown otherwise)
     assert float(denormal * 1.0) > 0  # and restored afterwards
+
+
+def write_uint8_image_model(path) -> None:
+    """An image-input model: uint8 N x 1 x 1 x classes in, the pixels cast to float32 out."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["input"], ["pixels"], to=TensorProto.FLOAT),
+            helper.make_node("Flatten", ["pixels"], ["logits"]),
+        ],
+        "cast",
+        [helper.make_tensor_value_info("input", TensorProto.UINT8, ["N", 1, 1, NUM_CLASSES])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", NUM_CLASSES])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, path)
+
+
+def test_accuracy_and_latency_of_a_uint8_image_input_model(tmp_path, model_path):
+    write_uint8_image_model(tmp_path / "image.onnx")
+    image_session, _ = open_session(tmp_path / "image.onnx", "cpu", intra_op_threads=1)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (50, 1, 1, NUM_CLASSES), dtype=np.uint8)
+    labels = images.reshape(50, NUM_CLASSES).argmax(axis=1)
+    labels[:10] = (labels[:10] + 1) % NUM_CLASSES  # ten top-1 misses
+    assert top_k_accuracy(image_session, images, labels, batch_size=16)["top1"] == 40 / 50
+    sessions = {"image": image_session, "tensor": open_session(model_path, "cpu")[0]}
+    # The classifier is classes x 1 x 1: each session gets its own layout and type.
+    result = measure_latency(sessions, INPUT_SHAPE, batch_sizes=(3,), warmup=1, repeats=3)
+    assert set(result["batch_3"]) == {"image", "tensor"}

@@ -1,15 +1,29 @@
-"""ONNX export: a checked, single-file model with a dynamic batch axis, written atomically."""
+"""ONNX export: a checked, single-file model with a dynamic batch axis, written atomically;
+uint8 image input with the normalization in the graph."""
 
 from __future__ import annotations
 
+from typing import get_args
+
+import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
 
+from pipeline.config import ExportConfig
+from pipeline.data import normalize
 from pipeline.errors import ArtifactError
-from pipeline.export import check_onnx_matches, export_onnx, read_metadata
+from pipeline.export import (
+    INPUT_FORMATS,
+    ImageInput,
+    check_onnx_matches,
+    export_onnx,
+    graph_input_shape,
+    graph_inputs,
+    read_metadata,
+)
 
 INPUT_SHAPE = (3, 16, 16)
 NUM_CLASSES = 5
@@ -97,7 +111,7 @@ def test_exported_model_matches_torch_at_any_batch(exported, batch):
 
 def test_metadata_round_trip(exported):
     _, path, _ = exported
-    assert read_metadata(path) == METADATA
+    assert read_metadata(path) == METADATA | {"input_format": "tensor"}
 
 
 def test_export_leaves_caller_model_untouched(tmp_path, samples):
@@ -167,3 +181,121 @@ def test_check_refuses_mismatched_shapes(exported, input_shape, num_classes, mat
     with pytest.raises(ArtifactError, match=match) as err:
         check_onnx_matches(path, input_shape, num_classes)
     assert str(path) in str(err.value)
+
+
+# --------------------------------------------------------------------------- image input
+
+MEAN, STD = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    """uint8 images in a data split's layout, N x C x H x W."""
+    generator = torch.Generator().manual_seed(2)
+    return torch.randint(0, 256, (6, *INPUT_SHAPE), dtype=torch.uint8, generator=generator)
+
+
+@pytest.fixture(scope="module")
+def exported_images(tmp_path_factory, images):
+    model = trained_like(TinyCNN())
+    path = tmp_path_factory.mktemp("export") / "image.onnx"
+    report = export_onnx(
+        model, INPUT_SHAPE, path, sample_inputs=images, metadata=METADATA, image_input=(MEAN, STD)
+    )
+    return model, path, report
+
+
+def test_image_input_wrapper_normalizes_as_training_does(images):
+    model = trained_like(TinyCNN())
+    nhwc = images.permute(0, 2, 3, 1).contiguous()  # as PIL/numpy decode images
+    with torch.no_grad():
+        wrapped = ImageInput(model, MEAN, STD).eval()(nhwc)
+        expected = model(normalize(images, MEAN, STD))
+    assert torch.equal(wrapped, expected)
+
+
+def test_image_input_graph_takes_uint8_nhwc_and_matches_torch_on_normalized_images(
+    exported_images, images
+):
+    model, path, report = exported_images
+    graph_input = onnx.load(path).graph.input[0]
+    assert graph_input.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    height, width, channels = (d.dim_value for d in graph_input.type.tensor_type.shape.dim[1:])
+    assert (channels, height, width) == INPUT_SHAPE
+    assert report.input_format == "image" and report.max_abs_diff < 1e-4
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (images[:1], images):  # the batch axis stays free
+        (logits,) = session.run(["logits"], {"input": batch.permute(0, 2, 3, 1).numpy()})
+        with torch.no_grad():
+            expected = model(normalize(batch, MEAN, STD)).numpy()
+        assert abs(logits - expected).max() < 1e-4
+
+
+def test_image_input_metadata_and_graph_inputs(exported_images, images):
+    _, path, _ = exported_images
+    assert read_metadata(path) == METADATA | {"input_format": "image"}
+    check_onnx_matches(path, INPUT_SHAPE, NUM_CLASSES)  # C x H x W, whatever the layout
+    assert graph_input_shape(INPUT_SHAPE, "image") == (16, 16, 3)
+    fed = graph_inputs(images, "image", MEAN, STD)
+    assert fed.dtype == np.uint8 and fed.shape == (6, 16, 16, 3)
+    tensors = graph_inputs(images, "tensor", MEAN, STD)
+    assert np.array_equal(tensors, normalize(images, MEAN, STD).numpy())
+
+
+def float_nhwc_classifier(input_format: str) -> onnx.ModelProto:
+    """A float32 N x H x W x C classifier (channel means times a matrix), labelled as given."""
+    height, width, channels = graph_input_shape(INPUT_SHAPE, "image")
+    weight = onnx.numpy_helper.from_array(np.ones((channels, NUM_CLASSES), np.float32), "w")
+    axes = onnx.numpy_helper.from_array(np.array([1, 2], np.int64), "axes")
+    graph = onnx.helper.make_graph(
+        [
+            onnx.helper.make_node("ReduceMean", ["input", "axes"], ["means"], keepdims=0),
+            onnx.helper.make_node("MatMul", ["means", "w"], ["logits"]),
+        ],
+        "nhwc",
+        [
+            onnx.helper.make_tensor_value_info(
+                "input", onnx.TensorProto.FLOAT, ["N", height, width, channels]
+            )
+        ],
+        [onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", NUM_CLASSES])],
+        [weight, axes],
+    )
+    model = onnx.helper.make_model(
+        graph, opset_imports=[onnx.helper.make_opsetid("", 18)], ir_version=10
+    )
+    onnx.helper.set_model_props(model, {"input_format": input_format})
+    return model
+
+
+def test_check_refuses_an_input_that_contradicts_the_input_format(exported, tmp_path):
+    onnx.save(float_nhwc_classifier("image"), tmp_path / "float.onnx")
+    with pytest.raises(ArtifactError, match="takes FLOAT input.*'image' needs UINT8"):
+        check_onnx_matches(tmp_path / "float.onnx", INPUT_SHAPE, NUM_CLASSES)
+    onnx.save(float_nhwc_classifier("jpeg"), tmp_path / "unknown.onnx")
+    with pytest.raises(ArtifactError, match="input_format='jpeg'.*image or tensor"):
+        check_onnx_matches(tmp_path / "unknown.onnx", INPUT_SHAPE, NUM_CLASSES)
+    _, tensor_path, _ = exported  # float N x C x H x W, claimed to take images
+    proto = onnx.load(tensor_path)
+    onnx.helper.set_model_props(proto, {"input_format": "image"})
+    onnx.save(proto, tmp_path / "lying.onnx")
+    with pytest.raises(ArtifactError, match=r"input of shape \['batch', 3, 16, 16\]"):
+        check_onnx_matches(tmp_path / "lying.onnx", INPUT_SHAPE, NUM_CLASSES)
+
+
+def test_image_input_needs_uint8_samples(tmp_path, samples):
+    with pytest.raises(ValueError, match="uint8 sample images"):
+        export_onnx(
+            TinyCNN(),
+            INPUT_SHAPE,
+            tmp_path / "m.onnx",
+            sample_inputs=samples,
+            image_input=(MEAN, STD),
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_input_parameter_offers_exactly_the_input_formats():
+    annotation = ExportConfig.model_fields["input"].annotation
+    assert set(get_args(annotation)) == set(INPUT_FORMATS)
+    assert ExportConfig().input in INPUT_FORMATS

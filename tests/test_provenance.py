@@ -74,7 +74,8 @@ def test_record_of_a_stage_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("DVC_EXP_NAME", "exp-1")
     record = collect(tmp_path, {"seed": 3}, "train")
 
-    assert record["git"] == {"commit": git(tmp_path, "rev-parse", "HEAD"), "dirty": False}
+    assert record["git"]["commit"] == git(tmp_path, "rev-parse", "HEAD")
+    assert record["git"]["dirty"] is False  # repository and branch: test_provenance_source.py
     assert record["params"] == {"seed": 3} and record["params_yaml"] == "seed: 3\n"
     # Declared deps that exist, hashed as DVC does; a missing one is left out.
     assert record["dvc"] == {
@@ -101,7 +102,7 @@ def test_record_of_a_stage_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 def test_record_outside_git_and_dvc(tmp_path: Path) -> None:
     record = collect(tmp_path, {}, "train")
-    assert record["git"] == {"commit": None, "dirty": None}
+    assert record["git"] == {"commit": None, "dirty": None, "repository": None, "branch": None}
     assert record["dvc"]["deps"] == {} and record["params_yaml"] is None
     assert record_tags(record)["git.dirty"] == "unknown"
 
@@ -165,7 +166,9 @@ def test_compare_ignores_timings_and_reports_differences(tmp_path: Path) -> None
 
     other_arch = compare(recorded_version(record, recorded, arch="xyz"), tmp_path)
     assert not other_arch.reproduced
-    other_top1 = compare(recorded_version(record, recorded | {"top1": 0.7500001}), tmp_path)
+    other_top1 = compare(
+        recorded_version(record, recorded | {"top1": 0.7500001}), tmp_path, tolerance=0.0
+    )
     assert not other_top1.reproduced
     assert report(other_top1)[-1].startswith("NOT reproduced")
     with pytest.raises(PipelineError, match="did not finish"):

@@ -28,6 +28,8 @@ Which file holds what:
 - ``replay.py``: the repository's spool directory, replayed against the store.
 - ``provenance_tags.py``: tags and hashes that say which code and inputs made a run.
 - ``readback.py``: a registered model version read back with its run's records.
+- ``datasets.py``: the prepared data set as an MLflow dataset input (the UI's Dataset column).
+- ``description.py``: a registered version's description (architecture, FLOPs, top-1).
 """
 
 from pipeline.tracking.client import (
@@ -35,8 +37,11 @@ from pipeline.tracking.client import (
     LOCK_RETRY_DELAYS_S,
     retry_while_locked,
 )
+from pipeline.tracking.datasets import dataset_origin, prepared_dataset
 from pipeline.tracking.pipeline_run import (
+    EXPERIMENT_KIND,
     TAG_ERROR,
+    TAG_EXPERIMENT_KIND,
     TAG_KIND,
     TAG_PARENT_RUN_ID,
     TAG_PIPELINE_KEY,
@@ -75,6 +80,7 @@ __all__ = [
     "ARTIFACTS_DIR_NAME",
     "DB_FILE_NAME",
     "DVC_EXPERIMENT_TMP_PARTS",
+    "EXPERIMENT_KIND",
     "HTTP_RETRY_DEFAULTS",
     "LOCK_RETRY_DELAYS_S",
     "MAX_METRICS_PER_BATCH",
@@ -82,6 +88,7 @@ __all__ = [
     "MAX_PARAM_VALUE_LENGTH",
     "MAX_TAG_VALUE_LENGTH",
     "TAG_ERROR",
+    "TAG_EXPERIMENT_KIND",
     "TAG_KIND",
     "TAG_PARENT_RUN_ID",
     "TAG_PIPELINE_KEY",
@@ -91,12 +98,14 @@ __all__ = [
     "RecordedModelVersion",
     "StageRun",
     "check_tracking_available",
+    "dataset_origin",
     "file_md5",
     "finite_metrics",
     "flatten_params",
     "git_commit",
     "input_hash_tags",
     "original_repo_root",
+    "prepared_dataset",
     "recorded_model_version",
     "replay_spooled",
     "reproducibility_tags",

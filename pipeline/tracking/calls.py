@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pipeline.tracking.datasets import dataset_inputs
 from pipeline.tracking.registry import register_onnx_model
 
 
@@ -35,6 +36,9 @@ def execute(client: Any, tracking_uri: str, op: Mapping[str, Any]) -> Any:
         client.log_dict(run_id, op["dictionary"], op["file_name"])
     elif kind == "log_text":
         client.log_text(run_id, op["text"], op["file_name"])
+    elif kind == "log_inputs":
+        inputs = dataset_inputs(op["datasets"], op["context"])
+        _retry_if_created_meanwhile(lambda: client.log_inputs(run_id, datasets=inputs))
     elif kind == "set_terminated":
         client.set_terminated(run_id, op["status"])
     elif kind == "register_onnx_model":
@@ -50,3 +54,16 @@ def execute(client: Any, tracking_uri: str, op: Mapping[str, Any]) -> Any:
     else:
         raise ValueError(f"unknown tracking call {kind!r}")
     return None
+
+
+def _retry_if_created_meanwhile(call: Any) -> None:
+    """Run ``call`` again when a parallel pipeline inserted the same dataset between the
+    store's check and its insert (its key is experiment, name, digest); the second call
+    finds it and only links it."""
+    try:
+        call()
+    except Exception as error:
+        text = str(error)
+        if not any(word in text for word in ("UNIQUE constraint", "IntegrityError", "duplicate")):
+            raise
+        call()

@@ -22,6 +22,10 @@ TAG_KIND = "pipeline.kind"
 TAG_STAGE = "pipeline.stage"
 TAG_ERROR = "pipeline.error"
 TAG_PARENT_RUN_ID = "mlflow.parentRunId"  # MLflow's own tag for nesting runs in the UI
+# MLflow's experiment type: model training, not GenAI traces (docs/tracking.md: what the
+# UI of MLflow 3.17 makes of it).
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 class PipelineTracker:
@@ -55,7 +59,9 @@ class PipelineTracker:
         if experiment is None:
             try:
                 return self._client.create_experiment(
-                    name, artifact_location=artifact_location(self.uri, name)
+                    name,
+                    artifact_location=artifact_location(self.uri, name),
+                    tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND},
                 )
             except Exception as error:  # created meanwhile by a parallel experiment
                 if not is_already_exists(error):
@@ -63,6 +69,10 @@ class PipelineTracker:
                 experiment = self._client.get_experiment_by_name(name)
         if experiment.lifecycle_stage == "deleted":
             self._client.restore_experiment(experiment.experiment_id)
+        if TAG_EXPERIMENT_KIND not in experiment.tags:  # made before the tag, or elsewhere
+            self._client.set_experiment_tag(
+                experiment.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND
+            )
         return experiment.experiment_id
 
     def _running_parent_id(self) -> str | None:

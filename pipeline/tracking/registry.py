@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -9,6 +10,15 @@ from typing import Any
 
 from pipeline.errors import ArtifactError
 from pipeline.tracking.client import global_tracking_uri, is_already_exists
+from pipeline.tracking.description import model_version_description
+from pipeline.tracking.store import (
+    check_tracking_available,
+    resolve_tracking_uri,
+    sqlite_db_path,
+)
+
+REGISTRY_PREFIX = "models:/"
+REGISTRY_FORMS = "models:/<name>@<alias> or models:/<name>/<version>"
 
 
 def register_onnx_model(client: Any, tracking_uri: str, op: Mapping[str, Any]) -> str:
@@ -21,7 +31,12 @@ def register_onnx_model(client: Any, tracking_uri: str, op: Mapping[str, Any]) -
         model_id = _log_onnx_model(client, model, op["experiment_id"], run_id, name)
         _ensure_registered_model(client, name)
         version = client.create_model_version(
-            name, source=f"models:/{model_id}", run_id=run_id, tags=op["tags"], model_id=model_id
+            name,
+            source=f"models:/{model_id}",
+            run_id=run_id,
+            tags=op["tags"],
+            description=model_version_description(_metadata(model), op["tags"]),
+            model_id=model_id,
         ).version
     client.set_registered_model_alias(name, op["alias"], version)
     return str(version)
@@ -76,6 +91,10 @@ def load_onnx(onnx_path: Path | str) -> Any:
         ) from error
 
 
+def _metadata(model: Any) -> dict[str, str]:
+    return {prop.key: prop.value for prop in model.metadata_props}
+
+
 def _logged_model_name(registered_model_name: str) -> str:
     return re.sub(r"[/:.%\"']", "_", registered_model_name)
 
@@ -98,3 +117,46 @@ def onnx_signature(model: Any) -> Any:
     inputs = [spec(value) for value in model.graph.input if value.name not in initializers]
     outputs = [spec(value) for value in model.graph.output]
     return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
+
+
+def download_registered_model(reference: str, repo_root: Path, destination: Path) -> Path:
+    """Download a registered ONNX model version into ``destination``; its .onnx file."""
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+
+    _check_registry_reference(reference)
+    # A progress bar per download would clutter `jst predict`'s output; a user's setting wins.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    uri = resolve_tracking_uri(repo_root)
+    db_path = sqlite_db_path(uri)
+    if db_path is not None and not db_path.is_file():  # MLflow would create an empty store
+        raise ArtifactError(
+            f"cannot resolve {reference}: there is no tracking store {db_path}; run the "
+            "pipeline here first, run jst predict in the project folder, or set "
+            "MLFLOW_TRACKING_URI to the store that registered the model"
+        )
+    check_tracking_available(uri)
+    try:
+        folder = download_artifacts(
+            artifact_uri=reference, dst_path=str(destination), tracking_uri=uri, registry_uri=uri
+        )
+    except MlflowException as error:
+        reason = str(error.message).splitlines()[0][:300]
+        raise ArtifactError(
+            f"cannot resolve {reference} in the registry {uri}: {reason}. Check the model "
+            "name and alias or version (`uv run mlflow ui`), e.g. models:/compact-cnn@newest"
+        ) from None
+    files = sorted(Path(folder).rglob("*.onnx"))
+    if len(files) != 1:
+        raise ArtifactError(
+            f"{reference} holds {len(files)} .onnx files, expected one; register an ONNX "
+            "model with the evaluate stage"
+        )
+    return files[0]
+
+
+def _check_registry_reference(reference: str) -> None:
+    rest = reference.removeprefix(REGISTRY_PREFIX)
+    name, _, selector = rest.partition("@") if "@" in rest else rest.partition("/")
+    if not name or not selector or "/" in selector:
+        raise ArtifactError(f"model URI {reference!r} is not of the form {REGISTRY_FORMS}")

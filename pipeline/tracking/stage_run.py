@@ -10,6 +10,7 @@ from typing import Any
 
 from pipeline.errors import ArtifactError
 from pipeline.tracking.calls import execute
+from pipeline.tracking.datasets import PIPELINE_CONTEXT
 from pipeline.tracking.registry import load_onnx
 from pipeline.tracking.spool import Spool, is_unavailable
 from pipeline.tracking.values import (
@@ -73,6 +74,15 @@ class StageRun:
         """Store ``dictionary`` as a JSON (or YAML, by extension) artifact."""
         op = {"op": "log_dict", "run_id": self.run_id, "dictionary": dict(dictionary)}
         self._call(op | {"file_name": file_name})
+
+    def log_dataset(self, dataset: Mapping[str, str], context: str) -> None:
+        """Log a dataset record (``pipeline.tracking.datasets``) as an input of this run,
+        used for ``context`` ("training", "testing", ...), and of the pipeline's parent run;
+        a dataset already linked to a run is left as it is."""
+        for run_id, run_context in ((self.run_id, context), (self.parent_run_id, PIPELINE_CONTEXT)):
+            if run_id is not None:
+                op = {"op": "log_inputs", "run_id": run_id, "datasets": [dict(dataset)]}
+                self._call(op | {"context": run_context})
 
     def log_text(self, text: str, file_name: str) -> None:
         self._call({"op": "log_text", "run_id": self.run_id, "text": text, "file_name": file_name})

@@ -15,3 +15,11 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> E2ERepo:
     its first registered model version, whose records do not change afterwards.
     """
     return E2ERepo.create(tmp_path_factory.mktemp("e2e") / "repo")
+
+
+@pytest.fixture(scope="session")
+def reproduced_repo(tiny_repo: E2ERepo) -> E2ERepo:
+    """``tiny_repo`` after its first ``dvc repro``: model version 1 is registered."""
+    result = tiny_repo.reproduce_once()
+    assert result.returncode == 0, result.describe()
+    return tiny_repo

@@ -3,19 +3,28 @@ it, and the server killed mid-stage, the calls spooled (spool.py) and replayed (
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
+from pipeline.data import save_prepared
+from pipeline.provenance import collect, record_tags
 from pipeline.tracking import (
     PipelineTracker,
     check_tracking_available,
+    dataset_origin,
+    file_md5,
+    prepared_dataset,
     replay_spooled,
     spool_directory,
 )
+from tests.conftest import synthetic_data
 from tests.mlflow_server import free_port, server_environment, start_mlflow_server, stop_server
 from tests.tracking.helpers import PARAMS, tiny_onnx_model, unique
 
@@ -63,6 +72,52 @@ def test_stage_run_logs_through_a_tracking_server(tracking_server, client):
     assert [a.path for a in MlflowClient(url).list_artifacts(stage.run_id)] == ["prepare.json"]
 
 
+def ui_api(url: str, path: str, body: dict | None = None) -> dict:
+    """What the MLflow UI's browser code asks the server (its ``ajax-api`` routes)."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        f"{url}/ajax-api/2.0/mlflow/{path}", data, {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_the_ui_gets_kind_dataset_and_source_of_the_runs(tracking_server, tmp_path):
+    """The records behind the UI's model-training view, its Dataset and Source columns and
+    the version's description, as the server hands them to the browser."""
+    url = tracking_server.url
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for args in (["init", "-q"], ["commit", "-q", "--allow-empty", "-m", "init"]):
+        config = ["-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+        subprocess.run(["git", *config, *args], cwd=repo, check=True)
+    save_prepared(synthetic_data(), tmp_path / "prepared")
+    origin = dataset_origin("digits", tmp_path)
+    dataset = prepared_dataset(tmp_path / "prepared", file_md5(tmp_path / "prepared"), origin)
+    parent_record = collect(repo, {}, None)
+    tracker = PipelineTracker(
+        url, unique("jst-ui"), unique("ui"), PARAMS, "pipeline", provenance=parent_record
+    )
+    with tracker.stage_run("search", record_tags(collect(repo, {}, "search"))) as stage:
+        stage.log_dataset(dataset, "training")
+
+    experiment = ui_api(url, f"experiments/get?experiment_id={tracker.experiment_id}")
+    tags = {tag["key"]: tag["value"] for tag in experiment["experiment"]["tags"]}
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = ui_api(url, "runs/search", {"experiment_ids": [tracker.experiment_id]})["runs"]
+    assert len(runs) == 2
+    for run in runs:
+        [logged] = run["inputs"]["dataset_inputs"]
+        assert (logged["dataset"]["name"], logged["dataset"]["digest"]) == (
+            "digits",
+            dataset["digest"],
+        )
+        run_tags = {tag["key"]: tag["value"] for tag in run["data"]["tags"]}
+        assert run_tags["mlflow.source.name"] == str(repo.resolve())
+        assert run_tags["mlflow.source.type"] == "PROJECT"
+        assert run_tags["mlflow.source.git.commit"] == parent_record["git"]["commit"]
+
+
 def test_server_killed_mid_stage_spools_calls_and_replay_logs_them(
     tracking_server, client, tmp_path
 ):
@@ -71,6 +126,9 @@ def test_server_killed_mid_stage_spools_calls_and_replay_logs_them(
     onnx_path = tiny_onnx_model(tmp_path / "model.onnx")
     chart = tmp_path / "tmp-chart.png"
     chart.write_bytes(b"png bytes")
+    save_prepared(synthetic_data(), tmp_path / "prepared")
+    origin = dataset_origin("digits", tmp_path)
+    dataset = prepared_dataset(tmp_path / "prepared", file_md5(tmp_path / "prepared"), origin)
     tracker = PipelineTracker(
         url, "jst-server", unique("spool"), PARAMS, "pipeline", spool_directory(tmp_path)
     )
@@ -85,6 +143,7 @@ def test_server_killed_mid_stage_spools_calls_and_replay_logs_them(
             stage.log_metrics({"loss": 1.0 / step}, step=step)
         offline_s = time.monotonic() - started
         stage.set_tags({"arch_sha256": "abc"})
+        stage.log_dataset(dataset, "testing")  # on the stage and the parent run
         stage.log_artifact(chart, "plots")
         assert stage.register_onnx_model(onnx_path, model_name, {"top1": 0.5}) is None
         stage.finish_pipeline({"top1": 0.75})
@@ -96,8 +155,8 @@ def test_server_killed_mid_stage_spools_calls_and_replay_logs_them(
     assert client.get_run(stage.run_id).info.status == "RUNNING"  # nothing reached it
 
     tracking_server.start()  # back, on the same port and store
-    # metrics 1 + 38, tags, artifact, model, parent metrics + end, stage end
-    assert replay_spooled(url, tmp_path) == (1 + 38 + 1 + 1 + 1 + 2 + 1, 0)
+    # metrics 1 + 38, tags, 2 datasets, artifact, model, parent metrics + end, stage end
+    assert replay_spooled(url, tmp_path) == (1 + 38 + 1 + 2 + 1 + 1 + 2 + 1, 0)
     assert not list(spool_directory(tmp_path).iterdir())  # spool and copied files gone
 
     run = client.get_run(stage.run_id)
@@ -110,6 +169,10 @@ def test_server_killed_mid_stage_spools_calls_and_replay_logs_them(
     assert parent.data.metrics == {"top1": 0.75, "model_version": 1.0}
     version = client.get_model_version(model_name, "1")
     assert (version.run_id, version.tags) == (stage.run_id, {"top1": "0.5"})
+    assert "test top-1 50.00 %" in version.description
+    for run_id in (stage.run_id, tracker.parent_run_id):
+        [logged] = client.get_run(run_id).inputs.dataset_inputs
+        assert (logged.dataset.name, logged.dataset.digest) == ("digits", dataset["digest"])
     assert str(client.get_model_version_by_alias(model_name, "newest").version) == "1"
     artifacts = tracking_server.directory / "artifacts" / tracker.experiment_id / stage.run_id
     artifacts /= "artifacts"
