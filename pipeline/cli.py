@@ -222,11 +222,55 @@ def reproduce(
 
 def _registered_model_name(params: Path) -> str:
     """The name the pipeline registers under: params.yaml's, or the default without one."""
+    return _tracking_config(params).registered_model
+
+
+def _tracking_config(params: Path):
+    """params.yaml's ``tracking`` section, or the defaults without the file."""
     from pipeline.config import TrackingConfig, load_config
 
-    if params.is_file():
-        return load_config(params).tracking.registered_model
-    return TrackingConfig().registered_model
+    return load_config(params).tracking if params.is_file() else TrackingConfig()
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the UI.")] = 5000,
+    host: Annotated[str, typer.Option(help="Interface the UI listens on.")] = "127.0.0.1",
+    params: Annotated[Path, typer.Option(help="Parameters file naming the experiment.")] = Path(
+        "params.yaml"
+    ),
+) -> None:
+    """Start the MLflow UI on this project's store and print the address of the experiment's
+    runs in the model-training view (MLflow 3 otherwise opens on its GenAI view). With
+    MLFLOW_TRACKING_URI set to a server, only print that server's address."""
+    import os
+    import sys
+
+    from pipeline import tracking
+    from pipeline.errors import PipelineError
+    from pipeline.tracking.ui import model_training_url
+
+    uri = tracking.resolve_tracking_uri(Path.cwd())
+    experiment = _tracking_config(params).experiment
+    db_path = tracking.sqlite_db_path(uri)
+    try:
+        if db_path is not None and not db_path.is_file():
+            raise PipelineError(
+                f"there is no tracking store {db_path}: run the pipeline here first "
+                "(`uv run dvc repro`), or run jst ui in the project folder"
+            )
+        tracking.check_tracking_available(uri)
+        served_at = uri if db_path is None else f"http://{host}:{port}"
+        typer.echo(f"experiment {experiment!r}: {model_training_url(served_at, uri, experiment)}")
+    except PipelineError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    if db_path is None:  # a tracking server: it serves the UI itself
+        return
+    mlflow = str(Path(sys.executable).parent / "mlflow")
+    command = [mlflow, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    sys.stdout.flush()
+    os.execv(mlflow, command)  # the UI replaces this process: Ctrl-C stops it
 
 
 tracking_app = typer.Typer(help="MLflow tracking: spooled calls.", no_args_is_help=True)

@@ -20,6 +20,7 @@ COMMANDS = [
     "inspect",
     "predict",
     "reproduce",
+    "ui",
 ]
 
 

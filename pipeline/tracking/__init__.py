@@ -30,6 +30,7 @@ Which file holds what:
 - ``readback.py``: a registered model version read back with its run's records.
 - ``datasets.py``: the prepared data set as an MLflow dataset input (the UI's Dataset column).
 - ``description.py``: a registered version's description (architecture, FLOPs, top-1).
+- ``ui.py``: the UI address of an experiment's runs in the model-training view.
 """
 
 from pipeline.tracking.client import (
