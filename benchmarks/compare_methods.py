@@ -27,17 +27,18 @@ import time
 from pathlib import Path
 
 import torch
+from bench_common import benchmark_split, finetune
 from search_cost import shipped_jst_knobs
 
 from pipeline.config import parse_config
-from pipeline.data import load_dataset, normalize
+from pipeline.data import normalize
 from pipeline.evaluate import measure_latency, open_session
 from pipeline.export import export_onnx
 from pipeline.methods import SearchContext, get_method
 from pipeline.methods.baselines import train_from_scratch
 from pipeline.pruning.flops import count_flops, count_params
 from pipeline.pruning.slicing import build_model
-from pipeline.train import evaluate, resolve_device, seed_everything, train
+from pipeline.train import evaluate, resolve_device, seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
 # name -> (method, overrides of search.jst); the jst-* are ablations, one mechanism
@@ -171,15 +172,7 @@ def latencies_ms(models: dict, input_shape, samples) -> dict[str, float]:
 def run_one(args, variant: str, budget: float, seed: int) -> dict:
     method, overrides = VARIANTS[DIAGNOSTICS.get(variant, variant)]
     cfg = config_for(args, method, budget, seed, overrides)
-    data = load_dataset(
-        args.dataset,
-        args.data,
-        download=False,
-        image_size=args.image_size,
-        val_fraction=0.1,
-        test_fraction=0.2,
-        seed=seed,
-    )
+    data = benchmark_split(args.dataset, args.data, args.image_size, seed)
     device = resolve_device(cfg.train.device)
     seed_everything(seed)
     start = time.perf_counter()
@@ -192,16 +185,7 @@ def run_one(args, variant: str, budget: float, seed: int) -> dict:
         epochs += cfg.search.epochs
     search_s = time.perf_counter() - start
     model = result.model.to(device)
-    train(
-        model,
-        data,
-        epochs=cfg.finetune.epochs,
-        lr=cfg.finetune.lr,
-        settings=cfg.train,
-        seed=seed,
-        device=device,
-        desc=f"{variant} finetune",
-    )
+    finetune(model, data, cfg, seed, device, f"{variant} finetune")
     wall_s = time.perf_counter() - start
     dense = build_model(result.dense_spec)
     dense_flops = count_flops(dense, data.input_shape)

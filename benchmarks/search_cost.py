@@ -21,9 +21,10 @@ from pathlib import Path
 
 import torch
 import yaml
+from bench_common import benchmark_split
 
 from pipeline.config import PipelineConfig, parse_config
-from pipeline.data import PreparedData, load_dataset
+from pipeline.data import PreparedData
 from pipeline.methods import SearchContext, get_method
 from pipeline.models import create_model
 from pipeline.train import resolve_device, seed_everything, train, training_numerics
@@ -47,15 +48,7 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/search_cost.json"))
     args = p.parse_args()
 
-    data = load_dataset(
-        args.dataset,
-        args.data,
-        download=False,
-        image_size=args.image_size,
-        val_fraction=0.1,
-        test_fraction=0.2,
-        seed=0,
-    )
+    data = benchmark_split(args.dataset, args.data, args.image_size, 0)
     cfg = search_config(
         args.arch, args.target, args.epochs, {"device": args.device}, jst=json.loads(args.jst)
     )

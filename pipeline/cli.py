@@ -73,11 +73,23 @@ def validate(
 
 
 @app.command()
-def models() -> None:
-    """List the registered model architectures."""
-    from pipeline.models import available_models
+def models(
+    all_torchvision: Annotated[
+        bool,
+        typer.Option("--all", help="Also list torchvision CNNs not verified with discovery."),
+    ] = False,
+) -> None:
+    """List the model architectures model.arch accepts, and how each one's channel layout
+    is known (hand-written, or discovered by tracing the model)."""
+    from pipeline.models.registry import model_catalogue
 
-    typer.echo("\n".join(available_models()))
+    rows = model_catalogue(every_torchvision=all_torchvision)
+    width = max(len(name) for name, _ in rows) + 2
+    typer.echo("\n".join(f"{name:<{width}}{kind}" for name, kind in rows))
+    typer.echo(
+        "\nor your own model: model.arch: 'package.module:factory', a function in the "
+        "repository (docs/pipeline.md, Models)"
+    )
 
 
 @app.command()

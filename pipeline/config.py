@@ -13,6 +13,7 @@ The defaults here are the shipped pipeline: ``params.yaml`` writes out every one
 
 from __future__ import annotations
 
+import re
 import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -31,6 +32,8 @@ from pydantic import (
 from pipeline.errors import ConfigError
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
+# model.weights naming torchvision weights (e.g. ResNet18_Weights.IMAGENET1K_V1), not a file.
+TORCHVISION_WEIGHTS = re.compile(r"[A-Za-z]\w*_Weights\.[A-Za-z]\w*")
 
 
 class _Section(BaseModel):
@@ -74,7 +77,29 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    arch: str = "resnet20"  # a name in pipeline.models' registry, checked where it is resolved
+    """``arch``: a registered model, a torchvision classification CNN or
+    "package.module:factory" (resolved by pipeline.models, checked where it is resolved).
+    ``weights``: the trained dense model to start from (pipeline.models.weights): a
+    safetensors file of its state_dict, or a torchvision weights name; null: from scratch."""
+
+    arch: str = Field("resnet20", min_length=1)
+    weights: str | None = None
+
+    @field_validator("weights")
+    @classmethod
+    def _safetensors_or_torchvision_name(cls, v: str | None) -> str | None:
+        if v is None or TORCHVISION_WEIGHTS.fullmatch(v):
+            return v
+        if "\x00" in v or not v.strip():
+            raise ValueError("must be a file path, a torchvision weights name or null")
+        if not v.endswith(".safetensors"):
+            raise ValueError(
+                "must be a .safetensors file of the dense model's state_dict (pickles such as "
+                "torch.save's .pt/.pth are never loaded: convert one with safetensors.torch."
+                "save_file(torch.load(f, weights_only=True), 'dense.safetensors')), a "
+                "torchvision weights name such as ResNet18_Weights.IMAGENET1K_V1, or null"
+            )
+        return v
 
 
 class AugmentConfig(_Section):

@@ -223,9 +223,31 @@ def start(stage: str) -> PipelineConfig:
 def resolve_names(cfg: PipelineConfig) -> None:
     """Look up the registry names params.yaml uses, so that a misspelt method or model is
     reported by whichever stage runs first, before any work (the config layer knows no
-    registry; each registry words its own error)."""
+    registry; each registry words its own error). A model without a hand-written layout
+    (torchvision's, the user's) must also classify a zeros batch of the configured shape,
+    and ``model.weights`` must be readable; the search stage checks both again on the
+    prepared data before training (``pipeline.methods.base.dense_setup``)."""
     from pipeline.methods import get_method
-    from pipeline.models import model_factory
+    from pipeline.models import check_model_runs, is_hand_written, model_factory
+    from pipeline.models.weights import check_weights_source
 
     get_method(cfg.search.method)
     model_factory(cfg.model.arch)
+    if cfg.model.weights is not None:
+        check_weights_source(cfg.model.weights)
+    probe = _configured_input(cfg)
+    if probe is not None and not is_hand_written(cfg.model.arch):
+        check_model_runs(cfg.model.arch, **probe)
+
+
+# What params.yaml alone says of the prepared data: (channels, native side, classes).
+_DATASET_SHAPES = {"digits": (1, 8, 10), "cifar10": (3, 32, 10), "cifar100": (3, 32, 100)}
+
+
+def _configured_input(cfg: PipelineConfig) -> dict | None:
+    """The model's input as configured, or None where only the images tell (imagefolder)."""
+    if cfg.data.dataset not in _DATASET_SHAPES:
+        return None
+    channels, side, classes = _DATASET_SHAPES[cfg.data.dataset]
+    size = cfg.data.image_size or side
+    return {"num_classes": classes, "in_channels": channels, "input_size": size}

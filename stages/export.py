@@ -74,6 +74,7 @@ def main() -> None:
         metrics = {
             "max_abs_diff": report.max_abs_diff,
             "dense_max_abs_diff": dense_report.max_abs_diff,
+            "logit_scale": report.logit_scale,
             "parity_images": report.num_checked,
             "opset": cfg.export.opset,
             "input_format": report.input_format,

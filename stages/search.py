@@ -5,11 +5,13 @@ from __future__ import annotations
 from pipeline.artifacts import save_compact
 from pipeline.distributed import is_main
 from pipeline.methods import SearchContext, SearchResult, get_method
+from pipeline.models.weights import weights_file
 from pipeline.plots import curves_chart, kept_widths_chart
 from stages.common import (
     METRICS_DIR,
     PLOTS_DIR,
     PREPARED_DIR,
+    ROOT,
     SEARCHED_DIR,
     run_stage,
     start,
@@ -22,7 +24,9 @@ from stages.training import TrainingStage, training_stage
 def main() -> None:
     cfg = start("search")
     method = get_method(cfg.search.method)
-    with training_stage(cfg, "search", [PREPARED_DIR]) as stage:
+    # model.weights is an input: provenance hashes it and checkpoints key on its content.
+    weights = [] if cfg.model.weights is None else [ROOT / weights_file(cfg.model.weights)]
+    with training_stage(cfg, "search", [PREPARED_DIR, *weights]) as stage:
         run = stage.run
         ctx = SearchContext(cfg, stage.data, stage.device, stage.checkpoints, run.log_metrics)
         result = method(ctx)

@@ -36,6 +36,17 @@ def test_lists():
     assert "jst" in runner.invoke(app, ["methods"]).output
 
 
+def test_models_says_how_each_layout_is_known():
+    lines = {
+        line.split()[0]: line for line in runner.invoke(app, ["models"]).output.splitlines() if line
+    }
+    assert lines["resnet20"].endswith("hand-written layout")
+    assert lines["mobilenet_v2"].endswith("torchvision, layout discovered")
+    assert "alexnet" not in lines and "package.module:factory" in "".join(lines.values())
+    every = runner.invoke(app, ["models", "--all"]).output
+    assert "alexnet" in every and "vit_b_16" not in every
+
+
 def test_validate_reports_the_bad_parameter_without_traceback(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text("search:\n  target_flops: 2\n")

@@ -130,6 +130,35 @@ def test_parity_failure_keeps_existing_file(tmp_path, samples):
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]  # no temp file left
 
 
+class Scaled(nn.Module):
+    """TinyCNN with its logits multiplied: the same operators, values in the thousands."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.net, self.factor = TinyCNN().eval(), factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) * self.factor
+
+
+def test_parity_tolerance_scales_with_the_logits(tmp_path, samples):
+    """float32 rounding grows with the values: large logits pass on the relative difference,
+    and the report says against what scale the difference was taken."""
+    torch.manual_seed(0)
+    model = Scaled(1e4)
+    report = export_onnx(model, INPUT_SHAPE, tmp_path / "m.onnx", sample_inputs=samples)
+    assert report.logit_scale > 1e3
+    assert report.max_abs_diff < 1e-4 * report.logit_scale
+    with pytest.raises(ArtifactError, match="logit scale"):
+        export_onnx(
+            model,
+            INPUT_SHAPE,
+            tmp_path / "m2.onnx",
+            sample_inputs=samples,
+            tolerance=0.1 * report.max_abs_diff / report.logit_scale,
+        )
+
+
 def test_export_failure_keeps_existing_file(tmp_path, samples):
     path = tmp_path / "model.onnx"
     path.write_bytes(b"previous model")

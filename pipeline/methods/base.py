@@ -127,10 +127,19 @@ class DenseSetup:
 
 
 def dense_setup(ctx: SearchContext) -> DenseSetup:
-    """The dense model of ``model.arch`` for the data, freshly initialised, with the cost
-    models and the budget the search must meet."""
+    """The dense model of ``model.arch`` for the data, freshly initialised or loaded from
+    ``model.weights``, with the cost models and the budget the search must meet."""
+    from pipeline.models import check_model_runs, is_hand_written
+    from pipeline.models.weights import load_weights
+
     cfg, s = ctx.config, ctx.config.search
-    dense = dense_model(cfg.model.arch, ctx.data.input_shape, ctx.data.num_classes)
+    (c, h, w), classes = ctx.data.input_shape, ctx.data.num_classes
+    if not is_hand_written(cfg.model.arch):  # before tracing it: a clear error on this data
+        check_model_runs(cfg.model.arch, num_classes=classes, in_channels=c, input_size=h)
+    dense = dense_model(cfg.model.arch, ctx.data.input_shape, classes)
+    if cfg.model.weights is not None:
+        what = f"model {cfg.model.arch!r} for {c}x{h}x{w} images and {classes} classes"
+        load_weights(dense.model, cfg.model.weights, what)
     setup = flops_setup(dense, s.prune_residual, s.target_flops)
     if s.target_latency is not None:
         latency = deployment_latency_model(cfg, setup.model, setup.layout, setup.spec, setup.groups)

@@ -3,9 +3,18 @@
 from pipeline.models import resnet_cifar, resnet_imagenet, vgg  # noqa: F401  (registration)
 from pipeline.models.registry import (
     available_models,
+    check_model_runs,
     create_model,
+    is_hand_written,
     model_factory,
     register_model,
 )
 
-__all__ = ["available_models", "create_model", "model_factory", "register_model"]
+__all__ = [
+    "available_models",
+    "check_model_runs",
+    "create_model",
+    "is_hand_written",
+    "model_factory",
+    "register_model",
+]

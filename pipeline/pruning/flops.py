@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pipeline.pruning.groups import ChannelLayout
+from pipeline.pruning.groups import ChannelLayout, LayerWiring
 
 
 def _layer_macs(module: nn.Module, output: torch.Tensor) -> int:
@@ -22,7 +22,8 @@ def _layer_macs(module: nn.Module, output: torch.Tensor) -> int:
         kh, kw = module.kernel_size
         per_out = kh * kw * module.in_channels // module.groups
         return per_out * output.shape[1] * output.shape[2] * output.shape[3]
-    return module.in_features * module.out_features
+    # a linear layer applied to every position of a token map counts once per position
+    return module.in_features * output.numel() // output.shape[0]
 
 
 @torch.no_grad()
@@ -59,11 +60,9 @@ def count_params(model: nn.Module) -> int:
 
 @dataclass(frozen=True)
 class _Term:
-    coefficient: int  # MACs per (input channel x output channel)
-    in_group: str | None
+    coefficient: int  # MACs per unit of every varying width (fixed widths folded in)
+    in_group: str | None  # None: the input width is fixed (or depthwise: no input term)
     out_group: str | None
-    in_fixed: int
-    out_fixed: int
 
 
 class FlopsModel:
@@ -75,18 +74,11 @@ class FlopsModel:
     def __init__(self, dense: nn.Module, layout: ChannelLayout, input_shape):
         macs = _trace_macs(dense, input_shape)
         modules = dict(dense.named_modules())
-        self._terms = []
-        for wiring in layout.layers:
-            if wiring.kind == "bn":
-                continue
-            m = modules[wiring.module]
-            in_c, out_c = (
-                (m.in_channels, m.out_channels)
-                if isinstance(m, nn.Conv2d)
-                else (m.in_features, m.out_features)
-            )
-            coefficient = macs[wiring.module] // (in_c * out_c)
-            self._terms.append(_Term(coefficient, wiring.in_group, wiring.out_group, in_c, out_c))
+        self._terms = [
+            _term(wiring, modules[wiring.module], macs[wiring.module])
+            for wiring in layout.layers
+            if wiring.kind != "bn"
+        ]
         self.dense_widths = layout.dense_widths()
         self.dense_flops = self(self.dense_widths)
         unwired = sum(macs.values()) - self.dense_flops
@@ -96,8 +88,8 @@ class FlopsModel:
     def __call__(self, widths: dict[str, int]) -> int:
         total = 0
         for t in self._terms:
-            i = widths[t.in_group] if t.in_group else t.in_fixed
-            o = widths[t.out_group] if t.out_group else t.out_fixed
+            i = widths[t.in_group] if t.in_group else 1
+            o = widths[t.out_group] if t.out_group else 1
             total += t.coefficient * i * o
         return total
 
@@ -107,3 +99,14 @@ class FlopsModel:
 
     def ratio(self, widths: dict[str, int]) -> float:
         return self(widths) / self.dense_flops
+
+
+def _term(wiring: LayerWiring, module: nn.Module, macs: int) -> _Term:
+    """MACs as coefficient x in-width x out-width over the widths that vary: linear in
+    each for a conv or linear layer; linear in its width alone for a depthwise conv."""
+    conv = isinstance(module, nn.Conv2d)
+    in_c = module.in_channels if conv else module.in_features
+    out_c = module.out_channels if conv else module.out_features
+    in_group = None if wiring.kind == "dwconv" else wiring.in_group
+    divisor = (in_c if in_group else 1) * (out_c if wiring.out_group else 1)
+    return _Term(macs // divisor, in_group, wiring.out_group)

@@ -8,6 +8,14 @@ models) is generic over the layout, so a new architecture only has to declare on
 In a residual stage the outputs added together by identity shortcuts (the stem or the
 stage's projection, and every block's last conv) form one *coupled* group: one mask for
 all of them, so a residual addition can never be misaligned.
+
+Layer kinds: ``conv`` and ``linear`` mix channels (weight out x in); ``bn`` is per channel;
+``dwconv`` is a depthwise conv (groups == in == out channels): one filter per channel, so
+its input and output are the same group, its weight (out x 1 x kh x kw) is sliced on the
+output dim alone, and its compact version has groups = the kept width. A layer whose
+groups are both ``None`` is fixed: it is never sliced, whatever its type (a grouped conv,
+a classifier). Layouts are written by hand (``channel_layout()``) or discovered from the
+traced graph (``pipeline.pruning.discovery``).
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ class LayerWiring:
     """How one module's channels map to groups; ``None`` means fixed (image, classes)."""
 
     module: str
-    kind: str  # "conv", "linear" or "bn"
+    kind: str  # "conv", "dwconv", "linear" or "bn" (see the module docstring)
     out_group: str | None
     in_group: str | None = None
 

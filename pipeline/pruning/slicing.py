@@ -8,6 +8,7 @@ model's weights back at the kept indices and leaves dropped channels untouched.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,7 @@ from torch import nn
 
 from pipeline.errors import ArtifactError
 from pipeline.models import create_model
+from pipeline.pruning.discovery import discover_layout
 from pipeline.pruning.groups import ChannelLayout, KeptChannels, LayerWiring
 from pipeline.pruning.spec import ArchSpec
 
@@ -30,12 +32,26 @@ class DenseModel:
 
 def dense_model(model_name: str, input_shape, num_classes: int) -> DenseModel:
     """The dense ``model_name`` for ``input_shape`` (C, H, W) images: the one place a model
-    is made from a name and a shape, so the model, its layout and its spec always agree."""
+    is made from a name and a shape, so the model, its layout and its spec always agree.
+    The layout is the model's ``channel_layout()``, or else discovered from its graph."""
     c, h, _ = input_shape
     model = create_model(model_name, num_classes=num_classes, in_channels=c, input_size=h)
-    layout = model.channel_layout()
+    layout = _layout((model_name, tuple(input_shape), num_classes), model)
     spec = ArchSpec(model_name, tuple(input_shape), num_classes, layout.dense_widths())
     return DenseModel(model, layout, spec)
+
+
+# Discovered layouts by (model name, input shape, classes): compact models are built from
+# a name once per JST candidate, and a name's model does not change within a process.
+_DISCOVERED: dict[tuple, ChannelLayout] = {}
+
+
+def _layout(key: tuple, model: nn.Module) -> ChannelLayout:
+    if callable(getattr(model, "channel_layout", None)):
+        return model.channel_layout()
+    if key not in _DISCOVERED:
+        _DISCOVERED[key] = discover_layout(model, key[1])
+    return copy.deepcopy(_DISCOVERED[key])  # callers own their layout
 
 
 def dense_spec(model_name: str, input_shape, num_classes: int) -> ArchSpec:
@@ -57,9 +73,15 @@ def build_model(spec: ArchSpec) -> nn.Module:
                 f"architecture spec: group {name!r} keeps {width} channels but the dense "
                 f"model has {layout.groups[name].width}; rerun the search stage."
             )
+    return resize_model(model, layout, spec.widths)
+
+
+def resize_model(model: nn.Module, layout: ChannelLayout, widths: dict[str, int]) -> nn.Module:
+    """Swap, in place, every conv/linear/BN of ``model`` whose groups the ``widths`` change
+    for a freshly initialised one of those widths; returns ``model``."""
     for wiring in layout.layers:
         module = model.get_submodule(wiring.module)
-        model.set_submodule(wiring.module, _resized(module, wiring, spec.widths))
+        model.set_submodule(wiring.module, _resized(module, wiring, widths))
     return model
 
 
@@ -68,26 +90,13 @@ def _resized(module: nn.Module, wiring: LayerWiring, widths: dict[str, int]) -> 
         return widths[group] if group is not None else default
 
     if isinstance(module, nn.Conv2d):
-        if module.groups != 1:
-            raise ValueError(f"{wiring.module}: grouped convolutions are not supported")
-        out_c = width(wiring.out_group, module.out_channels)
-        in_c = width(wiring.in_group, module.in_channels)
-        if (out_c, in_c) == (module.out_channels, module.in_channels):
-            return module
-        return nn.Conv2d(
-            in_c,
-            out_c,
-            module.kernel_size,
-            module.stride,
-            module.padding,
-            module.dilation,
-            bias=module.bias is not None,
-            padding_mode=module.padding_mode,
-        )
+        return _resized_conv(module, wiring, width)
     if isinstance(module, nn.BatchNorm2d):
         c = width(wiring.out_group, module.num_features)
-        return (
-            module if c == module.num_features else nn.BatchNorm2d(c, module.eps, module.momentum)
+        if c == module.num_features:
+            return module
+        return nn.BatchNorm2d(
+            c, module.eps, module.momentum, module.affine, module.track_running_stats
         )
     if isinstance(module, nn.Linear):
         out_f = width(wiring.out_group, module.out_features)
@@ -96,6 +105,34 @@ def _resized(module: nn.Module, wiring: LayerWiring, widths: dict[str, int]) -> 
             return module
         return nn.Linear(in_f, out_f, bias=module.bias is not None)
     raise TypeError(f"{wiring.module}: cannot resize {type(module).__name__}")
+
+
+def _resized_conv(conv: nn.Conv2d, wiring: LayerWiring, width) -> nn.Conv2d:
+    """A conv of the kept widths; a depthwise conv keeps one filter per kept channel."""
+    out_c = width(wiring.out_group, conv.out_channels)
+    in_c = width(wiring.in_group, conv.in_channels)
+    if (out_c, in_c) == (conv.out_channels, conv.in_channels):
+        return conv  # fixed channels (whatever its groups) or nothing dropped
+    if wiring.kind == "dwconv":
+        groups = out_c
+    elif conv.groups == 1:
+        groups = 1
+    else:
+        raise ValueError(
+            f"{wiring.module}: a grouped convolution (groups={conv.groups}) that is not "
+            "depthwise cannot be sliced; its channel groups must be left whole"
+        )
+    return nn.Conv2d(
+        in_c,
+        out_c,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        groups=groups,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+    )
 
 
 def spec_for_indices(spec: ArchSpec, keep: KeptChannels) -> ArchSpec:
@@ -112,6 +149,8 @@ def _sliced_tensors(layout: ChannelLayout, keep: KeptChannels):
             for p in ("weight", "bias", "running_mean", "running_var"):
                 yield wiring.module, p, (out_idx,)
             continue
+        if wiring.kind == "dwconv":  # weight: out x 1 x kh x kw, one filter per channel
+            in_idx = None
         yield wiring.module, "weight", (out_idx, in_idx)
         yield wiring.module, "bias", (out_idx,)
 

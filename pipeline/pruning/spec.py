@@ -115,14 +115,17 @@ def _in_range(value: Any, low: int, high: int) -> bool:
 
 
 def _check_model(model: Any, source: str) -> str:
-    from pipeline.models import available_models
+    """A name ``model.arch`` accepts: registered, torchvision's, or a user factory in the
+    repository that resolves (pipeline.models.user: never a module outside it)."""
+    from pipeline.errors import ConfigError
+    from pipeline.models import model_factory
 
-    if not isinstance(model, str) or model not in available_models():
-        raise _invalid(
-            source,
-            "model",
-            f"unknown model {_short(model)}; expected one of {', '.join(available_models())}",
-        )
+    if not isinstance(model, str) or not model:
+        raise _invalid(source, "model", f"expected a model name, got {_short(model)}")
+    try:
+        model_factory(model)
+    except ConfigError as err:
+        raise _invalid(source, "model", str(err).removeprefix("model.arch: ")) from None
     return model
 
 
@@ -142,22 +145,37 @@ def _check_shape(shape: Any, source: str) -> tuple[int, int, int]:
     return (shape[0], shape[1], shape[2])
 
 
-def _check_widths(
-    widths: Any, model: str, shape: tuple[int, int, int], source: str
-) -> dict[str, int]:
+def _dense_widths(model: str, shape: tuple[int, int, int]) -> dict[str, int]:
+    """The dense group widths of ``model``: written by hand or discovered by tracing.
+
+    Only the widths are needed: on the meta device nothing is allocated, and they do not
+    depend on the number of classes. A model whose constructor cannot run on the meta
+    device (it reads a weight's value) is built on the CPU instead.
+    """
     import torch
 
     from pipeline.models import create_model
+    from pipeline.pruning.discovery import model_layout
 
+    def build():
+        return create_model(model, num_classes=1, in_channels=shape[0], input_size=shape[1])
+
+    try:
+        with torch.device("meta"):
+            dense_model = build()
+    except (NotImplementedError, RuntimeError):  # "Cannot copy out of meta tensor"
+        dense_model = build()
+    return model_layout(dense_model, shape).dense_widths()
+
+
+def _check_widths(
+    widths: Any, model: str, shape: tuple[int, int, int], source: str
+) -> dict[str, int]:
     if not isinstance(widths, dict):
         raise _invalid(
             source, "widths", f"expected an object of group: width, got {_short(widths)}"
         )
-    # Only the group widths are needed: on the meta device nothing is allocated, and
-    # they do not depend on the number of classes.
-    with torch.device("meta"):
-        dense_model = create_model(model, num_classes=1, in_channels=shape[0], input_size=shape[1])
-    dense = dense_model.channel_layout().dense_widths()
+    dense = _dense_widths(model, shape)
     unknown = sorted(set(widths) - set(dense))
     if unknown:
         raise _invalid(source, "widths", f"{model} has no channel group(s) {_short(unknown)}")

@@ -1,0 +1,77 @@
+"""`dvc repro` of torchvision CNNs whose channel layouts are discovered, on the user's own
+images (a generated 64x64 image folder): mobilenet_v2 searched by JST, then efficientnet_b0
+pruned by l1 in the same repository; each is exported, checked and registered."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from PIL import Image
+
+from tests.e2e.e2e_repo import E2ERepo
+
+CLASSES = {"red": (200, 30, 30), "blue": (30, 30, 200)}
+PER_CLASS = 12
+SIDE = 64
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
+
+
+def write_image_folder(root: Path) -> None:
+    """Two learnable classes of SIDE x SIDE RGB images: a colour plus noise."""
+    rng = np.random.default_rng(0)
+    for name, colour in CLASSES.items():
+        (root / name).mkdir(parents=True)
+        for i in range(PER_CLASS):
+            noise = rng.integers(-30, 30, (SIDE, SIDE, 3))
+            pixels = np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+
+
+def depend_on_raw_data(repo: E2ERepo) -> None:
+    """`- ${data.root}` in the prepare stage's deps, as docs/sharing.md asks."""
+    dvc_yaml = repo.root / "dvc.yaml"
+    text = dvc_yaml.read_text()
+    marker = "    cmd: python -m stages.prepare\n"
+    start = text.index(marker)
+    deps = text.index("    deps:\n", start) + len("    deps:\n")
+    dvc_yaml.write_text(text[:deps] + "      - ${data.root}\n" + text[deps:])
+
+
+def test_torchvision_cnns_are_searched_exported_and_registered(tmp_path: Path) -> None:
+    repo = E2ERepo.create(tmp_path / "repo")
+    write_image_folder(repo.root / "data" / "raw")
+    depend_on_raw_data(repo)
+    params = repo.read_params()
+    params["data"] |= {"dataset": "imagefolder", "root": "data/raw", "image_size": SIDE}
+    params["data"] |= {"val_fraction": 0.25, "test_fraction": 0.25}
+    params["train"] |= {"batch_size": 8}
+    # Batches of 8 at the CIFAR learning rate (0.1) blow EfficientNet's logits up to ~1e5
+    # within one epoch; then no fp32 parity check can pass.
+    params["search"] |= {"lr": 0.01}
+    params["finetune"] |= {"lr": 0.001}
+    name = params["tracking"]["registered_model"]
+    runs = [
+        ("mobilenet_v2", {"method": "jst"}),  # TINY_PARAMS: 1 warm-up epoch, 2 iterations
+        ("efficientnet_b0", {"method": "l1", "epochs": 1}),
+    ]
+    for version, (arch, search) in enumerate(runs, start=1):
+        params["model"] |= {"arch": arch}
+        params["search"] |= {"target_flops": 0.5, **search}
+        repo.write_params(params)
+        repo.commit(f"{arch}, {search['method']}, on an image folder")
+
+        result = repo.dvc("repro", timeout=300, check=False)
+        assert result.returncode == 0, result.describe()
+        spec = json.loads((repo.root / "models" / "compact" / "arch.json").read_text())
+        assert spec["model"] == arch and spec["input_shape"] == [3, SIDE, SIDE]
+        assert repo.metrics("search")["flops_ratio"] <= 0.5
+        export = repo.metrics("export")  # the default parity tolerance, on the logits' scale
+        assert export["max_abs_diff"] < 1e-4 * max(1.0, export["logit_scale"])
+        client = MlflowClient(tracking_uri=repo.tracking_uri, registry_uri=repo.tracking_uri)
+        versions = client.search_model_versions(f"name='{name}'")
+        assert sorted(int(v.version) for v in versions) == list(range(1, version + 1))
