@@ -23,7 +23,7 @@ from rich.text import Text
 from pipeline import distributed
 from pipeline.atomic import write_text_atomic
 from pipeline.config import PipelineConfig, load_config
-from pipeline.errors import PipelineError, TrainingDiverged
+from pipeline.errors import ConfigError, PipelineError, TrainingDiverged
 from pipeline.progress import console
 
 ROOT = Path.cwd()
@@ -208,6 +208,7 @@ def start(stage: str) -> PipelineConfig:
 
     cfg = load_config(PARAMS)
     resolve_names(cfg)
+    check_user_files_are_deps(cfg, stage, ROOT)
     if not distributed.is_main():  # rank 0 checks the store and replays the spool
         return cfg
     uri = tracking.resolve_tracking_uri(ROOT)
@@ -238,6 +239,64 @@ def resolve_names(cfg: PipelineConfig) -> None:
     probe = _configured_input(cfg)
     if probe is not None and not is_hand_written(cfg.model.arch):
         check_model_runs(cfg.model.arch, **probe)
+
+
+MODEL_STAGES = ("search", "finetune", "export", "evaluate")  # stages that build the model
+
+
+def check_user_files_are_deps(cfg: PipelineConfig, stage: str, repo_root: Path) -> None:
+    """Files of the user's that ``stage`` reads must be among its deps in ``dvc.yaml``:
+    otherwise DVC does not rerun it when they change, and a colleague's ``dvc repro``
+    reports a stale model as up to date. dvc.yaml cannot list them for everyone (a dep must
+    exist, and these are optional), so each user adds theirs; this says which, before any
+    work. Outside a DVC project there is nothing to check."""
+    from pipeline.models.user import factory_module_file, is_user_factory
+    from pipeline.models.weights import is_torchvision_weights
+
+    d, arch, weights = cfg.data, cfg.model.arch, cfg.model.weights
+    needed: list[tuple[str, Path, str | None]] = []  # (parameter, file, its ${} dep)
+    # digits ship inside scikit-learn; downloaded CIFAR archives are checked against their
+    # published MD5 sums.
+    if stage == "prepare" and d.dataset != "digits" and not d.download:
+        needed.append(("data.root", Path(d.root), "${data.root}"))
+    if stage == "search" and weights is not None and not is_torchvision_weights(weights):
+        needed.append(("model.weights", Path(weights), "${model.weights}"))
+    if stage in MODEL_STAGES and is_user_factory(arch):
+        module = factory_module_file(arch).resolve()
+        needed.append(("model.arch", module, None))
+    for parameter, path, template in needed:
+        _check_declared(repo_root, stage, parameter, path, template)
+
+
+def _check_declared(
+    repo_root: Path, stage: str, parameter: str, path: Path, template: str | None
+) -> None:
+    dvc_yaml = repo_root / "dvc.yaml"
+    if not dvc_yaml.is_file():
+        return
+    from pipeline.provenance import declared_deps
+
+    deps = declared_deps(dvc_yaml, stage)
+    target = (repo_root / path).resolve()
+    declared = [(repo_root / dep).resolve() for dep in deps if "${" not in dep]
+    if (template is not None and template in deps) or any(
+        target == dep or target.is_relative_to(dep) for dep in declared
+    ):
+        return
+    # ${data.root} follows the parameter; a weights file is named as it is (a ${} dep
+    # would break the day model.weights is null again).
+    relative = (
+        target.relative_to(repo_root.resolve())
+        if target.is_relative_to(repo_root.resolve())
+        else target
+    )
+    shown = template if parameter == "data.root" else relative.as_posix()
+    raise ConfigError(
+        f"{parameter} makes the {stage} stage read {relative}, but it is not "
+        f"among the stage's deps in {dvc_yaml.name}, so DVC would not rerun the stage when "
+        f"it changes. Add `- {shown}` to stages.{stage}.deps in {dvc_yaml.name} "
+        "(see docs/sharing.md)"
+    )
 
 
 # What params.yaml alone says of the prepared data: (channels, native side, classes).

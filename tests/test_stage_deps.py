@@ -41,6 +41,7 @@ OUTPUT_NEUTRAL = {
 # code runs (and is a dep) in the stages that use it, never in the others.
 VALIDATION_ONLY = {
     ("stages.common", "resolve_names"): "search.method and model.arch exist (every stage)",
+    ("stages.common", "check_user_files_are_deps"): "the user's files are deps (every stage)",
 }
 
 
@@ -266,43 +267,77 @@ def test_the_analysis_sees_lazy_relative_and_discovered_imports(tmp_path: Path) 
     assert not covered("app/plugins", ["app/plugins/one.py", "app/plugins/__init__.py"])
 
 
-# --------------------------------------------------------------------------- raw data dep
+# --------------------------------------------------------------------------- user files
 
 
-def _config(dataset: str, root: str, download: bool = False):
+def _config(dataset="digits", root="data/raw", download=False, **model):
     from pipeline.config import PipelineConfig
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"].update(dataset=dataset, root=root, download=download)
+    params["model"].update(model)
     return PipelineConfig.model_validate(params)
 
 
-def _write_dvc_yaml(repo: Path, prepare_deps: list[str]) -> None:
-    stages = {"prepare": {"cmd": "python -m stages.prepare", "deps": prepare_deps}}
+def _write_dvc_yaml(repo: Path, stage: str, deps: list[str]) -> None:
+    stages = {stage: {"cmd": f"python -m stages.{stage}", "deps": deps}}
     (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
 
 
-@pytest.mark.parametrize("dep", ["${data.root}", "data/raw", "./data/raw/"])
-def test_prepare_accepts_own_data_declared_as_a_dep(tmp_path, dep):
-    from stages.prepare import check_raw_data_is_a_dep
+def _check(cfg, stage: str, repo: Path) -> None:
+    from stages.common import check_user_files_are_deps
 
+    check_user_files_are_deps(cfg, stage, repo)
+
+
+@pytest.mark.parametrize("dep", ["${data.root}", "data/raw", "./data/raw/", "data"])
+def test_prepare_accepts_own_data_declared_as_a_dep(tmp_path, dep):
     (tmp_path / "data" / "raw").mkdir(parents=True)
-    _write_dvc_yaml(tmp_path, ["stages/prepare.py", dep])
-    check_raw_data_is_a_dep(_config("imagefolder", str(tmp_path / "data" / "raw")), tmp_path)
+    _write_dvc_yaml(tmp_path, "prepare", ["stages/prepare.py", dep])
+    _check(_config("imagefolder", str(tmp_path / "data" / "raw")), "prepare", tmp_path)
 
 
 def test_prepare_refuses_own_data_that_is_not_a_dep(tmp_path):
     from pipeline.errors import ConfigError
-    from stages.prepare import check_raw_data_is_a_dep
 
     (tmp_path / "data" / "raw").mkdir(parents=True)
-    _write_dvc_yaml(tmp_path, ["stages/prepare.py", "pipeline/data"])
+    _write_dvc_yaml(tmp_path, "prepare", ["stages/prepare.py", "pipeline/data"])
+    cfg = _config("imagefolder", str(tmp_path / "data" / "raw"))
     with pytest.raises(ConfigError, match=r"Add `- \$\{data.root\}` to stages.prepare.deps"):
-        check_raw_data_is_a_dep(_config("imagefolder", str(tmp_path / "data" / "raw")), tmp_path)
+        _check(cfg, "prepare", tmp_path)
 
 
-def test_shipped_dvc_yaml_needs_no_raw_data_dep_for_digits_or_downloads():
-    from stages.prepare import check_raw_data_is_a_dep
-
+def test_shipped_dvc_yaml_needs_no_user_file_for_digits_or_downloads():
     for dataset, download in (("digits", False), ("cifar10", True)):
-        check_raw_data_is_a_dep(_config(dataset, "data/raw", download), ROOT)
+        for stage in ("prepare", "search", "finetune", "export", "evaluate"):
+            _check(_config(dataset, "data/raw", download), stage, ROOT)
+
+
+def test_search_refuses_a_weights_file_that_is_not_a_dep(tmp_path):
+    from pipeline.errors import ConfigError
+
+    (tmp_path / "dense.safetensors").write_bytes(b"")
+    cfg = _config(weights=str(tmp_path / "dense.safetensors"))
+    _write_dvc_yaml(tmp_path, "search", ["data/prepared"])
+    with pytest.raises(ConfigError, match=r"model.weights .* Add `- .*dense.safetensors`"):
+        _check(cfg, "search", tmp_path)
+    _write_dvc_yaml(tmp_path, "search", ["data/prepared", "dense.safetensors"])
+    _check(cfg, "search", tmp_path)
+
+
+def test_model_stages_refuse_a_user_model_module_that_is_not_a_dep(tmp_path, monkeypatch):
+    from pipeline.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_nets_for_deps").mkdir()
+    (tmp_path / "my_nets_for_deps" / "__init__.py").write_text("")
+    (tmp_path / "my_nets_for_deps" / "small.py").write_text("def build(num_classes): ...\n")
+    cfg = _config(arch="my_nets_for_deps.small:build")
+    for stage in ("search", "finetune", "export", "evaluate"):
+        _write_dvc_yaml(tmp_path, stage, ["data/prepared"])
+        with pytest.raises(ConfigError, match=r"model.arch .* Add `- my_nets_for_deps/small.py"):
+            _check(cfg, stage, tmp_path)
+        _write_dvc_yaml(tmp_path, stage, ["data/prepared", "my_nets_for_deps"])
+        _check(cfg, stage, tmp_path)
+    _write_dvc_yaml(tmp_path, "prepare", ["stages/prepare.py"])
+    _check(cfg, "prepare", tmp_path)  # the data do not depend on the model

@@ -59,6 +59,15 @@ def user_factory(name: str) -> Callable[..., nn.Module]:
     return build
 
 
+def factory_module_file(name: str) -> Path:
+    """The file that defines ``name``'s module (``__init__.py`` for a package), found
+    without importing it; checked to lie in the repository like every import here."""
+    module_name = name.partition(":")[0]
+    with _repository_on_path():
+        _check_inside_repository(name, module_name)
+        return _where(importlib.util.find_spec(module_name))[0]
+
+
 def _import(name: str, module_name: str):
     with _repository_on_path():
         _check_inside_repository(name, module_name)
