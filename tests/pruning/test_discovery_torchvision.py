@@ -242,3 +242,20 @@ def test_real_size_structure(name):
     groups = found.layout.groups.values()
     assert (len(groups), sum(g.coupled for g in groups), len(found.whole)) == FULL_SIZE[name]
     assert all(g.scored_convs and g.scored_bns and g.bns for g in groups)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in BUILDERS if EXPECTED[n][0]))
+def test_a_budget_fitted_on_the_discovered_layout_holds_on_the_compact_model(name):
+    """Widths fitted to a FLOPs budget (uniform keep ratio, then filled) give a compact
+    model whose counted FLOPs meet it within 1 point. Models that prune little (grouped
+    convs or concatenations left whole) get the lowest budget they can reach plus 0.05."""
+    from pipeline.pruning.budget import uniform_budget_widths, uniform_widths
+
+    model, found, flops = _dense(name)
+    groups = list(found.layout.groups)
+    floor = flops.ratio(uniform_widths(flops, groups, 0.0, 1))
+    target = max(0.5, floor + 0.05)
+    widths = uniform_budget_widths(flops, groups, target, k_min=1)
+    compact = resize_model(copy.deepcopy(model), found.layout, widths)
+    ratio = count_flops(compact, SHAPE) / count_flops(model, SHAPE)
+    assert target - 0.01 <= ratio <= target, (name, target, ratio)
