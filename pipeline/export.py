@@ -256,7 +256,20 @@ def _export_proto(
         raise ArtifactError(
             f"ONNX export of {path} failed: {type(exc).__name__}: {reason}"
         ) from exc
-    return program.model_proto
+    return _without_source_paths(program.model_proto)
+
+
+# Node metadata torch's exporter writes with absolute paths of the source files: it would make
+# the same model exported from two checkouts differ in bytes (and in DVC hash).
+_SOURCE_PATH_KEYS = ("pkg.torch.onnx.stack_trace",)
+
+
+def _without_source_paths(proto: onnx.ModelProto) -> onnx.ModelProto:
+    for node in proto.graph.node:
+        kept = [p for p in node.metadata_props if p.key not in _SOURCE_PATH_KEYS]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
+    return proto
 
 
 def _load(path: Path, shown: Path | None = None) -> onnx.ModelProto:

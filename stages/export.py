@@ -7,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
+import torch
+
 from pipeline.artifacts import load_compact
 from pipeline.data import load_prepared, normalize
 from pipeline.evaluate import open_session, top_k_accuracy
@@ -59,8 +61,10 @@ def main() -> None:
                 os.replace(Path(tmp) / "model_int8.onnx", ONNX_MODEL)
             else:
                 os.replace(fp32_path, ONNX_MODEL)
-        # The dense architecture is exported only as the latency reference.
+        # The dense architecture is exported only as the latency reference; seeded, so that
+        # its (untrained) weights, and the file, are the same in every run.
         dense = dense_spec(spec.model, spec.input_shape, spec.num_classes)
+        torch.manual_seed(cfg.seed)
         dense_report = export_onnx(
             build_model(dense),
             dense.input_shape,

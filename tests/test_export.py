@@ -328,3 +328,16 @@ def test_export_input_parameter_offers_exactly_the_input_formats():
     annotation = ExportConfig.model_fields["input"].annotation
     assert set(get_args(annotation)) == set(INPUT_FORMATS)
     assert ExportConfig().input in INPUT_FORMATS
+
+
+def test_the_same_model_exports_to_the_same_bytes_without_source_paths(tmp_path, samples):
+    """Exports from two checkouts of the same commit must have one DVC hash: no node keeps
+    the exporter's stack traces, which hold absolute paths of the source files."""
+    torch.manual_seed(0)
+    model = TinyCNN().eval()
+    first, second = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    export_onnx(model, INPUT_SHAPE, first, sample_inputs=samples)
+    export_onnx(model, INPUT_SHAPE, second, sample_inputs=samples)
+    assert first.read_bytes() == second.read_bytes()
+    keys = {p.key for node in onnx.load(str(first)).graph.node for p in node.metadata_props}
+    assert keys and "pkg.torch.onnx.stack_trace" not in keys
