@@ -84,18 +84,29 @@ def _refuse_pickle(weights: Path) -> None:
         )
 
 
+def tensor_mismatches(expected: dict, found: dict) -> list[tuple[str, list | None, list | None]]:
+    """(name, expected shape, found shape) of every tensor that is missing (found None),
+    unexpected (expected None) or misshapen: the model's in state_dict order, then extras."""
+    mismatched = [
+        (name, list(tensor.shape), list(found[name].shape) if name in found else None)
+        for name, tensor in expected.items()
+        if name not in found or found[name].shape != tensor.shape
+    ]
+    return mismatched + [
+        (name, None, list(found[name].shape)) for name in found if name not in expected
+    ]
+
+
 def _check_tensors(weights: Path, spec_file: Path, expected: dict, found: dict) -> None:
     """Every tensor the spec's model needs, with its shape, and no other."""
     problems = []
-    for name in sorted(expected.keys() | found.keys()):
-        if name not in found:
-            problems.append(f"{name}: missing (expected {list(expected[name].shape)})")
-        elif name not in expected:
+    for name, want, have in sorted(tensor_mismatches(expected, found)):
+        if have is None:
+            problems.append(f"{name}: missing (expected {want})")
+        elif want is None:
             problems.append(f"{name}: not part of the architecture")
-        elif found[name].shape != expected[name].shape:
-            problems.append(
-                f"{name}: expected {list(expected[name].shape)}, found {list(found[name].shape)}"
-            )
+        else:
+            problems.append(f"{name}: expected {want}, found {have}")
     if problems:
         shown = "; ".join(problems[:3]) + (
             f"; ... {len(problems) - 3} more" if len(problems) > 3 else ""

@@ -100,6 +100,17 @@ def graph_inputs(
     return normalize(images, mean, std).numpy()
 
 
+def export_arguments(
+    images: torch.Tensor, input_format: str, mean: Sequence[float], std: Sequence[float]
+) -> dict:
+    """``export_onnx``'s ``sample_inputs`` and ``image_input`` for a graph of ``input_format``
+    checked on uint8 N x C x H x W ``images`` (a data split's)."""
+    _check_format(input_format)
+    if input_format == IMAGE:
+        return {"sample_inputs": images, "image_input": (mean, std)}
+    return {"sample_inputs": normalize(images, mean, std), "image_input": None}
+
+
 def export_onnx(
     model: nn.Module,
     input_shape: tuple[int, int, int],

@@ -6,11 +6,11 @@ import tempfile
 from pathlib import Path
 
 from pipeline.artifacts import load_compact
-from pipeline.data import load_prepared, normalize
+from pipeline.data import load_prepared
 from pipeline.evaluate import measure_latency, open_session, top_k_accuracy
 from pipeline.export import (
-    IMAGE,
     check_onnx_matches,
+    export_arguments,
     export_onnx,
     graph_inputs,
     input_format_of,
@@ -61,7 +61,7 @@ def main() -> None:
                     compact,
                     spec.input_shape,
                     fp32_path,
-                    **fp32_export_inputs(data, input_format),
+                    **export_arguments(data.test.images[:16], input_format, data.mean, data.std),
                 )
                 sessions["fp32"] = open_session(fp32_path, e.device, intra_op_threads=e.threads)[0]
                 accuracy["fp32_top1"] = top_k_accuracy(sessions["fp32"], images, labels)["top1"]
@@ -113,14 +113,6 @@ def main() -> None:
         # The version is logged on the pipeline run as metric model_version by the registry
         # call (also when it had to be spooled).
         run.finish_pipeline(numeric)
-
-
-def fp32_export_inputs(data, input_format: str) -> dict:
-    """``export_onnx`` arguments giving the fp32 model the input ``model.onnx`` takes."""
-    images = data.test.images[:16]
-    if input_format == IMAGE:
-        return {"sample_inputs": images, "image_input": (data.mean, data.std)}
-    return {"sample_inputs": normalize(images, data.mean, data.std)}
 
 
 def summarize(accuracy: dict, latency: dict, batch_sizes: list[int], provider: str) -> dict:

@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 
 from pipeline.artifacts import load_compact
-from pipeline.data import load_prepared, normalize
+from pipeline.data import load_prepared
 from pipeline.evaluate import open_session, top_k_accuracy
-from pipeline.export import IMAGE, export_onnx, graph_inputs
+from pipeline.export import export_arguments, export_onnx, graph_inputs
 from pipeline.pruning.slicing import build_model, dense_spec
 from pipeline.quantize import check_accuracy_kept, quantize_int8
 from stages.common import (
@@ -35,7 +35,10 @@ def main() -> None:
     with tracked_stage(cfg, "export", [PREPARED_DIR, COMPACT_DIR]) as run:
         data = load_prepared(PREPARED_DIR)
         spec, model = load_compact(COMPACT_DIR)
-        samples, image_input = export_inputs(cfg, data)
+        # The dense reference takes the same input as model.onnx: comparable latencies.
+        inputs = export_arguments(
+            data.test.images[:PARITY_IMAGES], cfg.export.input, data.mean, data.std
+        )
         metadata = {
             "arch_sha256": spec.sha256,
             "arch_spec": spec.canonical_json(),
@@ -49,11 +52,10 @@ def main() -> None:
                 model,
                 spec.input_shape,
                 fp32_path,
-                sample_inputs=samples,
                 opset=cfg.export.opset,
                 metadata=metadata,
                 tolerance=cfg.export.tolerance,
-                image_input=image_input,
+                **inputs,
             )
             quantized = {}
             if cfg.export.quantize == "int8":
@@ -69,11 +71,10 @@ def main() -> None:
             build_model(dense),
             dense.input_shape,
             DENSE_ONNX,
-            sample_inputs=samples,
             opset=cfg.export.opset,
             metadata={"arch_sha256": dense.sha256},
             tolerance=cfg.export.tolerance,
-            image_input=image_input,  # the same input as model.onnx: comparable latencies
+            **inputs,
         )
         metrics = {
             "max_abs_diff": report.max_abs_diff,
@@ -90,15 +91,6 @@ def main() -> None:
         run.log_metrics({"max_abs_diff": report.max_abs_diff, **quantized})
         run.set_tags({"export.quantize": cfg.export.quantize, "export.input": report.input_format})
         run.log_artifact(ONNX_MODEL, "onnx")
-
-
-def export_inputs(cfg, data) -> tuple:
-    """Parity samples and ``export_onnx``'s ``image_input`` for export.input: raw test
-    images and the training mean/std to bake in (image), or normalized tensors (tensor)."""
-    images = data.test.images[:PARITY_IMAGES]
-    if cfg.export.input == IMAGE:
-        return images, (data.mean, data.std)
-    return normalize(images, data.mean, data.std), None
 
 
 def quantize_checked(cfg, data, fp32_path: Path, int8_path: Path) -> dict:

@@ -65,17 +65,25 @@ def start_mlflow_server(
         "1",
     ]
     log_path = directory / LOG_FILE_NAME
-    with log_path.open("a") as log:
-        server = subprocess.Popen(
-            command,
-            cwd=directory,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=environment,
-            start_new_session=True,
-        )
+    server = start_logged(command, directory, environment, log_path, append=True)
     wait_for_health(f"http://127.0.0.1:{port}", server, timeout_s, log_path)
     return server
+
+
+def start_logged(
+    command: list[str], cwd: Path, env: dict[str, str], log_path: Path, append: bool = False
+) -> subprocess.Popen:
+    """``command`` in a session of its own (stopping it stops the workers it starts), its
+    output going to ``log_path``."""
+    with log_path.open("a" if append else "w") as log:
+        return subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def stop_server(server: subprocess.Popen, sig: int = signal.SIGTERM) -> None:

@@ -60,7 +60,7 @@ def save_prepared(data: PreparedData, directory: str | Path) -> None:
 def load_prepared(directory: str | Path) -> PreparedData:
     """Read prepared data back; DataError if files are missing or inconsistent."""
     directory = Path(directory)
-    meta = _read_meta(directory / META_FILE)
+    meta = load_prepared_meta(directory)
     tensors = _read_tensors(directory / TENSORS_FILE)
     splits = {name: _split_from(tensors, name, meta, directory) for name in SPLIT_NAMES}
     channels = meta.input_shape[0]
@@ -102,6 +102,12 @@ def _fsync(path: Path) -> None:
     """Flush a file to disk so the rename below never publishes unwritten data."""
     with path.open("rb") as file:
         os.fsync(file.fileno())
+
+
+def load_prepared_meta(directory: str | Path) -> _Meta:
+    """The checked ``meta.json`` of prepared data (dataset, classes, shape, split sizes),
+    without reading the tensors."""
+    return _read_meta(Path(directory) / META_FILE)
 
 
 def _read_meta(path: Path) -> _Meta:

@@ -29,7 +29,8 @@ class PrunableModel(Protocol):
 
 ModelFactory = Callable[..., nn.Module]
 _MODELS: dict[str, ModelFactory] = {}
-# The zeros batch a model must classify before any stage trusts it (check_model_runs).
+# The zeros batch a model must classify before any stage trusts it (check_model_runs), and
+# that discovery traces it with: 2 images, so that training-mode BatchNorm works.
 PROBE_BATCH = 2
 
 

@@ -14,6 +14,7 @@ from functools import cache
 from torch import nn
 
 from pipeline.errors import ConfigError
+from pipeline.models.layers import conv_like
 
 # The torchvision models `jst models` lists as discovered: pipeline.pruning.discovery finds
 # prunable channel groups in them (tests/pruning/test_discovery_torchvision.py covers their
@@ -92,24 +93,11 @@ def with_input_channels(model: nn.Module, in_channels: int, name: str) -> nn.Mod
         if isinstance(module, nn.Conv2d) and module.in_channels == 3:
             if module.groups != 1:
                 break
-            model.set_submodule(path, _conv_like(module, in_channels))
+            model.set_submodule(path, conv_like(module, in_channels, module.out_channels))
             return model
     raise ConfigError(
         f"model.arch: {name!r} has no plain 3-channel first convolution to adapt to "
         f"{in_channels} input channel(s); use RGB data or another model."
-    )
-
-
-def _conv_like(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
-    return nn.Conv2d(
-        in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
-        bias=conv.bias is not None,
-        padding_mode=conv.padding_mode,
     )
 
 

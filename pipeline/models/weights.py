@@ -89,14 +89,16 @@ def load_weights(model: nn.Module, weights: str, what: str) -> None:
 
 
 def _check_fits(expected: dict, found: dict, weights: str, what: str) -> None:
+    from pipeline.artifacts import tensor_mismatches
+
     problems = [
-        f"{name}: missing (expected shape {list(tensor.shape)})"
-        if name not in found
-        else f"{name}: expected shape {list(tensor.shape)}, found {list(found[name].shape)}"
-        for name, tensor in expected.items()
-        if name not in found or found[name].shape != tensor.shape
+        f"{name}: missing (expected shape {want})"
+        if have is None
+        else f"{name}: not a tensor of the model"
+        if want is None
+        else f"{name}: expected shape {want}, found {have}"
+        for name, want, have in tensor_mismatches(expected, found)
     ]
-    problems += [f"{name}: not a tensor of the model" for name in found if name not in expected]
     if problems:
         raise ConfigError(
             f"model.weights: {weights} does not fit {what} ({len(problems)} mismatched "

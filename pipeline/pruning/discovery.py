@@ -34,10 +34,8 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import TensorMetadata, _extract_tensor_metadata
 
 from pipeline.errors import ConfigError
+from pipeline.models.registry import PROBE_BATCH  # the one zeros batch models are probed with
 from pipeline.pruning.groups import ChannelGroup, ChannelLayout
-
-# The zeros batch of the probe run: 2 images, so training-mode BN would work too.
-PROBE_BATCH = 2
 
 # Channel-preserving modules and functions with f(0) == 0: a masked channel stays zero.
 _PASS_MODULES = (
@@ -565,6 +563,7 @@ class _Builder:
 
     def __post_init__(self):
         self.order = {node: i for i, node in enumerate(self.graph.nodes)}
+        self.bn_nodes = {x.node for x in self.analysis.layers if x.kind == "bn"}
 
     def layout(self) -> ChannelLayout:
         uf = self.analysis.uf
@@ -619,11 +618,10 @@ class _Builder:
     def _bn_after(self, node: fx.Node) -> fx.Node | None:
         """The BN that alone reads a producer's output, maybe after channel-preserving ops
         (conv -> ReLU -> BN): the producer's filters and that BN's gammas score the group."""
-        bn_nodes = {x.node for x in self.analysis.layers if x.kind == "bn"}
         elem = self.analysis.elem
         while len(node.users) == 1:
             user = next(iter(node.users))
-            if user in bn_nodes:
+            if user in self.bn_nodes:
                 return user
             if elem.get(user) is None or elem.get(user) != elem.get(node):
                 return None

@@ -16,7 +16,8 @@ from torch import nn
 
 from pipeline.errors import ArtifactError
 from pipeline.models import create_model
-from pipeline.pruning.discovery import discover_layout
+from pipeline.models.layers import conv_like
+from pipeline.pruning.discovery import model_layout
 from pipeline.pruning.groups import ChannelLayout, KeptChannels, LayerWiring
 from pipeline.pruning.spec import ArchSpec
 
@@ -41,17 +42,16 @@ def dense_model(model_name: str, input_shape, num_classes: int) -> DenseModel:
     return DenseModel(model, layout, spec)
 
 
-# Discovered layouts by (model name, input shape, classes): compact models are built from
-# a name once per JST candidate, and a name's model does not change within a process.
-_DISCOVERED: dict[tuple, ChannelLayout] = {}
+# Layouts by (model name, input shape, classes): compact models are built from a name once
+# per JST candidate, a discovery traces the model, and a name's model does not change
+# within a process.
+_LAYOUTS: dict[tuple, ChannelLayout] = {}
 
 
 def _layout(key: tuple, model: nn.Module) -> ChannelLayout:
-    if callable(getattr(model, "channel_layout", None)):
-        return model.channel_layout()
-    if key not in _DISCOVERED:
-        _DISCOVERED[key] = discover_layout(model, key[1])
-    return copy.deepcopy(_DISCOVERED[key])  # callers own their layout
+    if key not in _LAYOUTS:
+        _LAYOUTS[key] = model_layout(model, key[1])
+    return copy.deepcopy(_LAYOUTS[key])  # callers own their layout
 
 
 def dense_spec(model_name: str, input_shape, num_classes: int) -> ArchSpec:
@@ -122,17 +122,7 @@ def _resized_conv(conv: nn.Conv2d, wiring: LayerWiring, width) -> nn.Conv2d:
             f"{wiring.module}: a grouped convolution (groups={conv.groups}) that is not "
             "depthwise cannot be sliced; its channel groups must be left whole"
         )
-    return nn.Conv2d(
-        in_c,
-        out_c,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
-        groups=groups,
-        bias=conv.bias is not None,
-        padding_mode=conv.padding_mode,
-    )
+    return conv_like(conv, in_c, out_c, groups)
 
 
 def spec_for_indices(spec: ArchSpec, keep: KeptChannels) -> ArchSpec:

@@ -13,11 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import DataError
-
 CONTEXT_TAG = "mlflow.data.context"  # MLflow's input tag: what the run used the data for
 PIPELINE_CONTEXT = "training"  # the context on the pipeline's parent run
-PREPARED_META_FILE = "meta.json"  # written by pipeline.data.storage beside the tensors
 
 # Where the data sets that need no folder come from.
 BUNDLED_SOURCES = {"digits": "sklearn.datasets.load_digits"}
@@ -41,15 +38,17 @@ def prepared_dataset(
 ) -> dict[str, str]:
     """The dataset record of the prepared splits in ``prepared_dir`` (DVC md5 ``digest``),
     which came from ``origin`` (``dataset_origin``)."""
-    meta = _prepared_meta(Path(prepared_dir))
-    channels, height, width = meta["input_shape"]
+    from pipeline.data.storage import load_prepared_meta
+
+    meta = load_prepared_meta(prepared_dir)
+    channels, height, width = meta.input_shape
     profile = {
-        "splits": meta["sizes"],
-        "num_rows": sum(meta["sizes"].values()),
-        "input_shape": meta["input_shape"],
-        "num_classes": len(meta["classes"]),
-        "classes": meta["classes"],
-        "dataset": meta["dataset"],
+        "splits": meta.sizes,
+        "num_rows": sum(meta.sizes.values()),
+        "input_shape": list(meta.input_shape),
+        "num_classes": len(meta.classes),
+        "classes": meta.classes,
+        "dataset": meta.dataset,
     }
     schema = {  # the format of MLflow's tensor datasets (NumpyDataset)
         "mlflow_tensorspec": {
@@ -83,18 +82,6 @@ def dataset_inputs(records: list[Mapping[str, str]], context: str) -> list[Any]:
         )
         for record in records
     ]
-
-
-def _prepared_meta(prepared_dir: Path) -> dict[str, Any]:
-    path = prepared_dir / PREPARED_META_FILE
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-        return {key: meta[key] for key in ("dataset", "classes", "input_shape", "sizes")}
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise DataError(
-            f"Cannot describe the prepared data set: {path} is missing or incomplete "
-            f"({error}). Rerun the prepare stage (`dvc repro prepare`)."
-        ) from error
 
 
 def _tensor_spec(name: str, dtype: str, shape: list[int]) -> str:

@@ -10,7 +10,6 @@ files with the same registered model.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -23,7 +22,7 @@ from PIL import Image
 
 from pipeline.data import load_prepared
 from tests.e2e.e2e_repo import E2ERepo
-from tests.mlflow_server import free_port, stop_server, wait_for_health
+from tests.mlflow_server import free_port, start_logged, stop_server, wait_for_health
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -65,16 +64,7 @@ def server(repo: E2ERepo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         *("models", "serve", "-m", MODEL_URI, "--env-manager", "local"),
         *("--host", "127.0.0.1", "--port", str(port)),
     ]
-    with log_path.open("w") as log:
-        # A session of its own: stopping it stops uvicorn, which mlflow starts as a child.
-        process = subprocess.Popen(
-            command,
-            cwd=log_path.parent,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = start_logged(command, log_path.parent, env, log_path)  # uvicorn stops with it
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_health(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 import urllib.request
 from pathlib import Path
@@ -13,7 +12,13 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.tracking.ui import MODEL_TRAINING_QUERY, model_training_url
-from tests.mlflow_server import free_port, server_environment, stop_server, wait_for_health
+from tests.mlflow_server import (
+    free_port,
+    server_environment,
+    start_logged,
+    stop_server,
+    wait_for_health,
+)
 from tests.tracking.helpers import EXPERIMENT
 
 runner = CliRunner()
@@ -50,15 +55,8 @@ def test_ui_serves_the_store_and_prints_the_model_training_address(store_uri, cl
     env = server_environment() | {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     env.pop("MLFLOW_TRACKING_URI", None)
     log_path = tmp_path / "ui.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "ui", "--port", str(port)],
-            cwd=tmp_path,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    command = [sys.executable, "-m", "pipeline.cli", "ui", "--port", str(port)]
+    process = start_logged(command, tmp_path, env, log_path)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for_health(base, process, 120, log_path, name="jst ui")
