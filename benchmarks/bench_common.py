@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
+
 from pipeline.data import PreparedData, load_dataset
-from pipeline.train import train
+from pipeline.hardware import processor_name
+from pipeline.provenance import git_state
+from pipeline.train import cpu_has_bf16_matrix_units, train
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # The benchmarks' split of a data set: 70 % train, 10 % validation, 20 % test, per seed.
 VAL_FRACTION = 0.1
@@ -34,3 +42,21 @@ def finetune(model, data: PreparedData, cfg, seed: int, device, desc: str) -> li
         device=device,
         desc=desc,
     )
+
+
+def run_provenance(device: torch.device) -> dict:
+    """What a result record must name: the code (the commit; ``-dirty`` when the pipeline's
+    code differed from it) and the machine it ran on."""
+    git = git_state(ROOT)
+    return {
+        "commit": git["commit"][:12] + ("-dirty" if git["dirty"] else "")
+        if git["commit"]
+        else None,
+        "machine": {
+            "cpu": processor_name(),
+            "amx": cpu_has_bf16_matrix_units(),
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
+    }

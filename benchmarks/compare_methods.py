@@ -20,14 +20,20 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
-import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from bench_common import benchmark_split, finetune
+from bench_common import benchmark_split, finetune, run_provenance
+from comparison_report import (
+    cell_name,
+    cell_of,
+    cells,
+    comparison_markdown,
+    pareto_plot,
+    run_key,
+)
 from search_cost import shipped_jst_knobs
 
 from pipeline.config import parse_config
@@ -175,7 +181,7 @@ def run_one(args, variant: str, budget: float, seed: int) -> dict:
     data = benchmark_split(args.dataset, args.data, args.image_size, seed)
     device = resolve_device(cfg.train.device)
     seed_everything(seed)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     result = get_method(method)(SearchContext(cfg, data, device))
     epochs = cfg.search.epochs + cfg.finetune.epochs
     if variant in DIAGNOSTICS:
@@ -186,7 +192,7 @@ def run_one(args, variant: str, budget: float, seed: int) -> dict:
     search_s = time.perf_counter() - start
     model = result.model.to(device)
     finetune(model, data, cfg, seed, device, f"{variant} finetune")
-    wall_s = time.perf_counter() - start
+    wall_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
     dense = build_model(result.dense_spec)
     dense_flops = count_flops(dense, data.input_shape)
     samples = normalize(data.test.images[:16], data.mean, data.std)
@@ -209,6 +215,7 @@ def run_one(args, variant: str, budget: float, seed: int) -> dict:
         **{k: v for k, v in result.summary.items() if k.startswith("predicted_latency")},
         "search_s": search_s,
         "wall_s": wall_s,
+        "cpu_s": cpu_s,
         "train_gmacs": training_gmacs(variant, method, cfg, result, data, dense_flops),
         "arch_sha256": result.spec.sha256,
         "widths": dict(sorted(result.spec.widths.items())),
@@ -217,6 +224,7 @@ def run_one(args, variant: str, budget: float, seed: int) -> dict:
         "finetune_lr": cfg.finetune.lr,
         "total_epochs": epochs,
         "precision": args.precision,
+        **run_provenance(device),
     }
 
 
@@ -238,19 +246,6 @@ def training_gmacs(variant, method, cfg, result, data, dense_flops: int) -> floa
         search += cfg.search.epochs * compact
     epochs_macs = search + cfg.finetune.epochs * compact
     return 3 * len(data.train.labels) * epochs_macs / 1e9
-
-
-def run_key(record: dict) -> tuple:
-    return (
-        record.get("arch", "resnet20"),
-        record["variant"],
-        record["budget"],
-        record["seed"],
-        record.get("search_epochs", 12),
-        record.get("finetune_epochs", 6),
-        record.get("precision", "fp32"),
-        record.get("budget_metric", "flops"),
-    )
 
 
 def planned_runs(args):
@@ -303,233 +298,21 @@ def add_record(path: Path, record: dict, args) -> dict:
         store["runs"] = [r for r in store["runs"] if run_key(r) != run_key(record)] + [record]
         setup = {k: v for k, v in vars(args).items() if k not in ("report_only",)}
         store.setdefault("setups", {})[cell_name(cell_of(record))] = setup
-        store["machine"] = machine()
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(store, indent=2) + "\n")
         tmp.replace(path)
     return store
 
 
-def machine() -> dict:
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor()
-    return {
-        "device": device or platform.machine(),
-        "cpus": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
-
-
-def _mean_std(values):
-    values = list(values)
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-BASELINES = ("scratch", "l1", "slimming", "random")
-
-
-def cells(store: dict) -> dict:
-    """Runs grouped by cell (model, search epochs, fine-tuning epochs, precision), then by
-    (budget, variant)."""
-    grouped: dict = {}
-    for r in store["runs"]:
-        grouped.setdefault(cell_of(r), {}).setdefault((r["budget"], r["variant"]), []).append(r)
-    return grouped
-
-
-def cell_of(record: dict) -> tuple:
-    arch, _, _, _, search, finetune, precision, metric = run_key(record)
-    return arch, search, finetune, precision, metric
-
-
-def cell_name(cell: tuple) -> str:
-    """``resnet20:12+6``, with ``:bf16`` for bf16 cells and ``:latency`` for latency
-    budgets appended (the plain names predate them)."""
-    arch, search, finetune, precision, metric = cell
-    name = f"{arch}:{search}+{finetune}" + ("" if precision == "fp32" else f":{precision}")
-    return name + ("" if metric == "flops" else f":{metric}")
-
-
-def method_table(rows: dict) -> list[str]:
-    order = list(VARIANTS)
-    lines = [
-        "| budget | method | test top-1 (mean ± std) | val top-1 | FLOPs ratio "
-        "| latency ratio | params | training cost (GMACs) | wall time (s) | seeds |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for (budget, variant), runs in sorted(
-        rows.items(), key=lambda kv: (-kv[0][0], _rank(order, kv[0][1]))
-    ):
-        top1, std = _mean_std(r["test_top1"] for r in runs)
-        val, _ = _mean_std(r["val_top1"] for r in runs)
-        costs = [r["train_gmacs"] for r in runs if "train_gmacs" in r]
-        cost = f"{statistics.fmean(costs):.0f}" if costs else "–"
-        ratios = [r["latency_ratio"] for r in runs if "latency_ratio" in r]
-        latency = f"{statistics.fmean(ratios):.3f}" if ratios else "–"
-        lines.append(
-            f"| {budget} | {variant} | {100 * top1:.2f} ± {100 * std:.2f} | {100 * val:.2f} "
-            f"| {statistics.fmean(r['flops_ratio'] for r in runs):.3f} | {latency} "
-            f"| {statistics.fmean(r['params'] for r in runs) / 1e3:.1f} k | {cost} "
-            f"| {statistics.fmean(r['wall_s'] for r in runs):.0f} | {len(runs)} |"
-        )
-    return lines
-
-
-def paired_differences(rows: dict) -> list[str]:
-    """JST minus the best baseline (highest mean test top-1 over the seeds both ran), per
-    seed: the seed fixes the data split, so the pairs share their test images."""
-    lines = [
-        "| budget | best baseline | JST − best baseline, per seed (points) | mean ± std |",
-        "|---|---|---|---|",
-    ]
-    for budget in sorted({b for b, _ in rows}, reverse=True):
-        best = best_baseline(rows, budget)
-        if best is None:
-            continue
-        name, runs, seeds = best
-        jst = {r["seed"]: r["test_top1"] for r in rows[(budget, "jst")]}
-        diffs = [100 * (jst[s] - runs[s]["test_top1"]) for s in seeds]
-        per_seed = ", ".join(f"seed {s}: {d:+.2f}" for s, d in zip(seeds, diffs, strict=True))
-        mean, std = _mean_std(diffs)
-        lines.append(f"| {budget} | {name} | {per_seed} | {mean:+.2f} ± {std:.2f} |")
-    return lines
-
-
-def best_baseline(rows: dict, budget: float):
-    """(name, {seed: record}, seeds shared with JST) of the baseline with the highest mean
-    test top-1 over the seeds JST also ran, or None."""
-    jst = {r["seed"] for r in rows.get((budget, "jst"), [])}
-    candidates = []
-    for name in BASELINES:
-        runs = {r["seed"]: r for r in rows.get((budget, name), [])}
-        seeds = sorted(set(runs) & jst)
-        if seeds:
-            mean = statistics.fmean(runs[s]["test_top1"] for s in seeds)
-            candidates.append((mean, name, runs, seeds))
-    return max(candidates, key=lambda c: c[0])[1:] if candidates else None
-
-
-def headline_table(store: dict) -> list[str]:
-    """One row per FLOPs-budget cell and budget: JST against its best baseline, paired by
-    seed, and what each costs to train (the README's summary)."""
-    lines = [
-        "| model, epochs (search + fine-tune), precision | budget | JST test top-1 "
-        "| best baseline | its test top-1 | JST − baseline, paired | seeds "
-        "| training GMACs, JST / baseline |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for cell, rows in sorted(cells(store).items()):
-        arch, search, finetune, precision, metric = cell
-        if metric != "flops":
-            continue
-        for budget in sorted({b for b, v in rows if v == "jst"}, reverse=True):
-            best = best_baseline(rows, budget)
-            if best is None:
-                continue
-            name, runs, seeds = best
-            jst = {r["seed"]: r for r in rows[(budget, "jst")]}
-            jst_top1 = _mean_std(100 * jst[s]["test_top1"] for s in seeds)
-            base_top1 = _mean_std(100 * runs[s]["test_top1"] for s in seeds)
-            diff = _mean_std(100 * (jst[s]["test_top1"] - runs[s]["test_top1"]) for s in seeds)
-            cost = statistics.fmean(jst[s]["train_gmacs"] for s in seeds) / statistics.fmean(
-                runs[s]["train_gmacs"] for s in seeds
-            )
-            lines.append(
-                f"| {arch}, {search} + {finetune}, {precision} | {budget} "
-                f"| {jst_top1[0]:.2f} ± {jst_top1[1]:.2f} | {name} "
-                f"| {base_top1[0]:.2f} ± {base_top1[1]:.2f} | {diff[0]:+.2f} ± {diff[1]:.2f} "
-                f"| {len(seeds)} | {cost:.2f} |"
-            )
-    return lines
-
-
 def write_report(store: dict, path: Path) -> None:
-    sections = [
-        "## Summary: JST against the best baseline of each cell\n\n"
-        + "\n".join(headline_table(store))
-        + "\n"
-    ]
+    """The full report (docs/comparison.md by default) and a Pareto plot per cell beside it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    for cell, rows in sorted(cells(store).items()):
-        arch, search, finetune, precision, metric = cell
-        plot = pareto_plot(
-            rows, path.with_name(f"comparison_{cell_name(cell).replace(':', '_')}.png")
-        )
-        numerics = "" if precision == "fp32" else ", bf16 autocast + channels_last"
-        numerics += "" if metric == "flops" else ", budget = fraction of dense latency"
-        sections.append(
-            f"## {arch}, {search} search + {finetune} fine-tuning epochs{numerics}\n\n"
-            + "\n".join(method_table(rows))
-            + "\n\nPaired by seed:\n\n"
-            + "\n".join(paired_differences(rows))
-            + f"\n\n{diagnostic_notes(rows)}![Pareto]({plot.name})\n"
-        )
-    text = "\n".join(sections)
-    path.write_text(
-        "# JST vs baselines\n\n"
-        "Every method gets the same total epochs in a cell (search or pre-training, then "
-        "fine-tuning). Data: `../shared/datasets/cifar10-dev` (32 px), split 70/10/20 by "
-        "seed; decisions on validation only, test reported. Training cost: "
-        "multiply-accumulates of the training steps (forward + backward) that produce the "
-        f"compact model. Machine: {describe(store)}.\n\n"
-        "Command: `uv run python benchmarks/compare_methods.py` (add `--arch`, "
-        "`--search-epochs`, `--finetune-epochs`, `--precision` for the other cells; results: "
-        "`benchmarks/results/compare_methods.json`).\n\n" + text
-    )
-    print(text)
-
-
-def diagnostic_notes(rows: dict) -> str:
-    if not any(variant in DIAGNOSTICS for _, variant in rows):
-        return ""
-    return (
-        "`jst-arch-from-scratch` is a diagnostic, not a fair entry: JST's architecture "
-        "(same seed) freshly initialised and trained as `scratch` trains its widths, "
-        "after the search's epochs (`total_epochs` in the JSON records).\n\n"
-    )
-
-
-def _rank(order: list[str], variant: str) -> tuple[int, str]:
-    """Known variants in their declared order, then any others by name."""
-    return (order.index(variant), "") if variant in order else (len(order), variant)
-
-
-def describe(store: dict) -> str:
-    m = store.get("machine", {})
-    return f"{m.get('device')}, {m.get('cpus')} CPU threads, torch {m.get('torch')}"
-
-
-def pareto_plot(rows: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for variant in VARIANTS:
-        points = sorted((b, runs) for (b, v), runs in rows.items() if v == variant)
-        if not points:
-            continue
-        xs = [statistics.fmean(r["flops_ratio"] for r in runs) for _, runs in points]
-        ys = [100 * statistics.fmean(r["test_top1"] for r in runs) for _, runs in points]
-        errs = [100 * _mean_std([r["test_top1"] for r in runs])[1] for _, runs in points]
-        ax.errorbar(
-            xs,
-            ys,
-            yerr=errs,
-            marker="o",
-            capsize=3,
-            label=variant,
-            linestyle="-" if not variant.startswith("jst-") else ":",
-        )
-    ax.set_xlabel("kept FLOPs ratio")
-    ax.set_ylabel("test top-1 (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    plots = {}
+    for cell, rows in cells(store).items():
+        plot = path.with_name(f"comparison_{cell_name(cell).replace(':', '_')}.png")
+        plots[cell] = pareto_plot(rows, plot).name
+    path.write_text(comparison_markdown(store, plots))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -24,8 +24,8 @@ import statistics
 import time
 from pathlib import Path
 
-from bench_common import benchmark_split, finetune
-from compare_methods import PRECISIONS, machine
+from bench_common import benchmark_split, finetune, run_provenance
+from compare_methods import PRECISIONS
 from safetensors.torch import save_file
 
 from pipeline.config import parse_config
@@ -39,7 +39,7 @@ USER_MODEL_SEED_OFFSET = 1000  # the user's model: its own initialisation and da
 ARMS = ("own", "supplied")
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "cifar10-dev"))
     p.add_argument("--dataset", default="imagefolder")
@@ -58,7 +58,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--results", default=str(ROOT / "benchmarks/results/pretrained_start.json"))
     p.add_argument("--report", default=str(ROOT / "docs/pretrained_start.md"))
     p.add_argument("--report-only", action="store_true")
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
 def config_for(args, seed: int, *, search_epochs: int, weights: str | None = None):
@@ -174,8 +174,7 @@ def main() -> None:
                     continue
                 print(f"== {key}", flush=True)
                 record = run_arm(args, arm, seed) | {"key": list(key)}
-                store["runs"].append(record)
-                store["machine"] = machine()
+                store["runs"].append(record | run_provenance(resolve_device(args.device)))
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(".tmp")
                 tmp.write_text(json.dumps(store, indent=2) + "\n")
@@ -190,6 +189,19 @@ def _mean_std(values: list[float]) -> str:
 
 
 def write_report(store: dict, args, path: Path) -> None:
+    path.write_text(report_text(store, args))
+    print(f"wrote {path}")
+
+
+def machine_of(runs: list[dict], store: dict) -> str:
+    from comparison_report import describe_machine
+
+    return "; ".join(sorted({describe_machine(r["machine"]) for r in runs}))
+
+
+def report_text(store: dict, args: argparse.Namespace | None = None) -> str:
+    """docs/pretrained_start.md, from the records (for the documented run by default)."""
+    args = args or parse_args([])
     runs = [r for r in store["runs"] if tuple(r["key"])[:2] == (args.arch, args.budget)]
     by_arm = {arm: {r["seed"]: r for r in runs if r["arm"] == arm} for arm in ARMS}
     seeds = sorted(set(by_arm["own"]) & set(by_arm["supplied"]))
@@ -200,7 +212,7 @@ def write_report(store: dict, args, path: Path) -> None:
         f"(`--arch {args.arch} --budget {args.budget} --dense-epochs {args.dense_epochs} "
         f"--search-epochs {args.search_epochs} --finetune-epochs {args.finetune_epochs} "
         f"--precision {args.precision}`); results: `benchmarks/results/pretrained_start.json`. "
-        f"Machine: {store.get('machine', {})}. Data: `../shared/datasets/cifar10-dev` "
+        f"Machine: {machine_of(runs, store)}. Data: `../shared/datasets/cifar10-dev` "
         "(5,085 CIFAR-10 images, 70/10/20 split per seed). `l1` at kept-FLOPs "
         f"{args.budget}; the user's dense model is trained on the seed's training split only "
         "(own initialisation and data order), then handed over as a safetensors file.",
@@ -230,8 +242,7 @@ def write_report(store: dict, args, path: Path) -> None:
             "are means over seeds, noisy when other jobs share the machine: the epochs are "
             "the cost measure.",
         ]
-    path.write_text("\n".join(lines) + "\n")
-    print(f"wrote {path}")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -34,7 +34,8 @@ def test_auto_is_resolved_before_a_method_sees_it_and_the_widths_follow_it():
         search={"method": "l1", "epochs": 1, "round_to": "auto", "target_flops": 0.5},
     )
     ctx = SearchContext(cfg, synthetic_data(channels=3, size=16), torch.device("cpu"))
-    block = cpu_channel_block()
+    # evaluate.device is auto: the block of whatever deploys here, a CPU or a GPU
+    block = deployment_channel_block(cfg.evaluate.device)
     assert cfg.search.round_to == "auto"  # the caller's config is left as it was
     assert ctx.config.search.round_to == block
     result = get_method("l1")(ctx)
