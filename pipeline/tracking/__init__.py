@@ -18,6 +18,7 @@ Which file holds what:
 
 - ``store.py``: the tracking URI (``$MLFLOW_TRACKING_URI`` or ``mlflow.db``) and the check
   that the store can be used, before any work.
+- ``store_creation.py``: the lock under which one process creates or migrates a SQLite store.
 - ``values.py``: parameters and metrics made fit for MLflow (flattened, finite, truncated).
 - ``client.py``: the ``MlflowClient``, retried while SQLite is locked.
 - ``calls.py``: the tracking calls as JSON-able records, and ``execute``, which runs one.

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from pipeline.tracking.store import TRACKING_URI_ENV
+from pipeline.tracking.store_creation import store_creation_lock
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,9 @@ def make_client(uri: str) -> LockTolerantClient:
         os.environ.setdefault(variable, value)
     from mlflow import MlflowClient
 
-    return LockTolerantClient(MlflowClient(tracking_uri=uri, registry_uri=uri))
+    with store_creation_lock(uri):  # MLflow creates or migrates the schema here
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return LockTolerantClient(client)
 
 
 @contextmanager

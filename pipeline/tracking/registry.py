@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ArtifactError
-from pipeline.tracking.client import global_tracking_uri, is_already_exists
+from pipeline.tracking.client import global_tracking_uri, is_already_exists, make_client
 from pipeline.tracking.description import model_version_description
 from pipeline.tracking.store import (
     check_tracking_available,
@@ -136,6 +136,7 @@ def download_registered_model(reference: str, repo_root: Path, destination: Path
             "MLFLOW_TRACKING_URI to the store that registered the model"
         )
     check_tracking_available(uri)
+    make_client(uri)  # an old schema is migrated under the creation lock, as by the stages
     try:
         folder = download_artifacts(
             artifact_uri=reference, dst_path=str(destination), tracking_uri=uri, registry_uri=uri
