@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import comparison_report as comparison
+import performance_report
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -62,6 +63,7 @@ def pretrained_start_doc() -> str:
 BLOCKS: dict[tuple[str, str], Callable[[], str]] = {
     ("README.md", "comparison"): readme_comparison,
 }
+BLOCKS.update(performance_report.BLOCKS)
 # file -> its whole text
 WHOLE_FILES: dict[str, Callable[[], str]] = {
     "docs/comparison.md": comparison_doc,
