@@ -24,7 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 from bench_common import benchmark_split, finetune, run_provenance
 from comparison_report import (
     cell_name,
@@ -180,6 +179,7 @@ def run_one(args, variant: str, budget: float, seed: int) -> dict:
     cfg = config_for(args, method, budget, seed, overrides)
     data = benchmark_split(args.dataset, args.data, args.image_size, seed)
     device = resolve_device(cfg.train.device)
+    provenance = run_provenance(device)  # the code as it was imported, before a long run
     seed_everything(seed)
     start, cpu_start = time.perf_counter(), time.process_time()
     result = get_method(method)(SearchContext(cfg, data, device))
@@ -224,7 +224,7 @@ def run_one(args, variant: str, budget: float, seed: int) -> dict:
         "finetune_lr": cfg.finetune.lr,
         "total_epochs": epochs,
         "precision": args.precision,
-        **run_provenance(device),
+        **provenance,
     }
 
 

@@ -156,7 +156,8 @@ def headline_table(store: dict) -> list[str]:
     ]
     for c in comparisons(store):
         lines.append(
-            f"| {cell_title(c['cell'])} | {c['budget']} | {_pct(c['jst'], c['seeds'], 'test_top1')} "
+            f"| {cell_title(c['cell'])} | {c['budget']} "
+            f"| {_pct(c['jst'], c['seeds'], 'test_top1')} "
             f"| {c['baseline']} (of {', '.join(c['baselines_run'])}) "
             f"| {_pct(c['base'], c['seeds'], 'test_top1')} | {_diff(c['test'])} "
             f"| {c['test'].interval()} | {c['test'].p_text()} | {c['test'].verdict} "
@@ -209,6 +210,10 @@ def paired_table(rows: dict) -> list[str]:
     return lines
 
 
+# an ablation's verdict is about the mechanism: a variant that loses means the default wins
+ABLATION_VERDICTS = {"win": "variant better", "loss": "default better"}
+
+
 def ablation_table(rows: dict) -> list[str]:
     """Each JST variant minus JST, paired by seed, decided on validation."""
     lines = [
@@ -216,7 +221,7 @@ def ablation_table(rows: dict) -> list[str]:
         "| 95 % interval | p | verdict (val) | test: mean ± std |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for (budget, variant) in sorted(rows, key=lambda bv: (-bv[0], _rank(bv[1]))):
+    for budget, variant in sorted(rows, key=lambda bv: (-bv[0], _rank(bv[1]))):
         if not variant.startswith("jst-"):
             continue
         jst, other = by_seed(rows, budget, "jst"), by_seed(rows, budget, variant)
@@ -227,10 +232,31 @@ def ablation_table(rows: dict) -> list[str]:
         per_seed = ", ".join(f"seed {s}: {d:+.2f}" for s, d in zip(seeds, val.diffs, strict=True))
         lines.append(
             f"| {budget} | {variant} | {per_seed} | {val.mean:+.2f} ± {val.std:.2f} "
-            f"| {val.interval()} | {val.p_text()} | {val.verdict} "
+            f"| {val.interval()} | {val.p_text()} "
+            f"| {ABLATION_VERDICTS.get(val.verdict, val.verdict)} "
             f"| {test.mean:+.2f} ± {test.std:.2f} |"
         )
     return lines if len(lines) > 2 else []
+
+
+def seed_table(rows: dict) -> list[str]:
+    """Test / validation top-1 of every method, seed by seed."""
+    variants = sorted({v for _, v in rows}, key=_rank)
+    lines = [
+        "| budget | seed | " + " | ".join(variants) + " |",
+        "|---|---|" + "---|" * len(variants),
+    ]
+    for budget in sorted({b for b, _ in rows}, reverse=True):
+        seeds = sorted({r["seed"] for (b, _), runs in rows.items() if b == budget for r in runs})
+        for seed in seeds:
+            cells_ = []
+            for variant in variants:
+                r = by_seed(rows, budget, variant).get(seed)
+                cells_.append(
+                    f"{100 * r['test_top1']:.2f} / {100 * r['val_top1']:.2f}" if r else "–"
+                )
+            lines.append(f"| {budget} | {seed} | " + " | ".join(cells_) + " |")
+    return lines
 
 
 def method_table(rows: dict) -> list[str]:
@@ -239,7 +265,9 @@ def method_table(rows: dict) -> list[str]:
         "| latency ratio | params | training cost (GMACs) | wall time (s) | seeds |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for (budget, variant), runs in sorted(rows.items(), key=lambda kv: (-kv[0][0], _rank(kv[0][1]))):
+    for (budget, variant), runs in sorted(
+        rows.items(), key=lambda kv: (-kv[0][0], _rank(kv[0][1]))
+    ):
         top1, std = mean_std(100 * r["test_top1"] for r in runs)
         val, _ = mean_std(100 * r["val_top1"] for r in runs)
         costs = [r["train_gmacs"] for r in runs if "train_gmacs" in r]

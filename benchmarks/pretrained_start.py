@@ -173,8 +173,9 @@ def main() -> None:
                 if any(tuple(r["key"]) == key for r in store["runs"]):
                     continue
                 print(f"== {key}", flush=True)
-                record = run_arm(args, arm, seed) | {"key": list(key)}
-                store["runs"].append(record | run_provenance(resolve_device(args.device)))
+                provenance = run_provenance(resolve_device(args.device))  # before the run
+                record = run_arm(args, arm, seed) | {"key": list(key)} | provenance
+                store["runs"].append(record)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(".tmp")
                 tmp.write_text(json.dumps(store, indent=2) + "\n")

@@ -53,6 +53,72 @@ def comparison_doc() -> str:
     return comparison.comparison_markdown(store, plots)
 
 
+def pipeline_metrics(stage: str) -> dict:
+    return json.loads((ROOT / "metrics" / f"{stage}.json").read_text())
+
+
+def quickstart() -> str:
+    """The committed metrics of the default pipeline (the last `dvc repro` of the repository)."""
+    search, evaluate = pipeline_metrics("search"), pipeline_metrics("evaluate")
+    return (
+        f"Committed `metrics/` of the last `uv run dvc repro` with the default `params.yaml` "
+        f"(`{search['method']}` at `target_flops: {search['target_flops']}`, training in "
+        f"{search['precision']} as `train.precision: auto` chose on that machine): test top-1 "
+        f"**{100 * evaluate['top1']:.2f} %** on {evaluate['test_size']} images, FLOPs "
+        f"{evaluate['flops'] / 1e6:.2f} M / {evaluate['dense_flops'] / 1e6:.2f} M dense, params "
+        f"{evaluate['params'] / 1e3:.0f} k / {evaluate['dense_params'] / 1e3:.0f} k, ONNX Runtime "
+        f"CPU batch {evaluate['latency_batch']} {evaluate['latency_ms']:.2f} ms / "
+        f"{evaluate['dense_latency_ms']:.2f} ms dense ({evaluate['speedup']:.2f}×; latency on a "
+        "2-core machine is noisy from run to run)."
+    )
+
+
+def cell_rows(arch: str, search: int, finetune: int, precision: str) -> dict:
+    return comparison.cells(records("compare_methods"))[
+        (arch, search, finetune, precision, "flops")
+    ]
+
+
+def long_schedule_seeds() -> str:
+    rows = cell_rows("resnet20", 60, 30, "bf16")
+    return "Test / validation top-1 (%):\n\n" + "\n".join(comparison.seed_table(rows))
+
+
+def ablations(precision: str) -> Callable[[], str]:
+    def render() -> str:
+        rows = cell_rows("resnet20", 12, 6, precision)
+        return "\n".join(comparison.ablation_table(rows))
+
+    return render
+
+
+def search_cost() -> str:
+    """A JST search epoch against a dense epoch, timed side by side (search_cost.py)."""
+    r = records("search_cost")
+    rounds = r["rounds"]
+    wall = sorted(x["ratio"] for x in rounds)
+    cpu = sorted(x["cpu_ratio"] for x in rounds)
+    numerics = f"{r['numerics']['precision']}, {r['numerics']['memory_format']}"
+    return "\n".join(
+        [
+            "| JST search epoch / dense epoch | median | range over rounds | rounds |",
+            "|---|---|---|---|",
+            f"| CPU time of the process | **{r['cpu_ratio']:.2f}** | {cpu[0]:.2f}–{cpu[-1]:.2f} "
+            f"| {len(rounds)} |",
+            f"| wall time | {r['ratio']:.2f} | {wall[0]:.2f}–{wall[-1]:.2f} | {len(rounds)} |",
+            "",
+            f"{comparison.ARCH_NAMES.get(r['arch'], r['arch'])}, {r['dataset']} at "
+            f"{r['image_size']} px ({r['train_images']} training images), target FLOPs "
+            f"{r['target_flops']}, {r['search_epochs']:g} search epochs against "
+            f"{r['dense_epochs']} dense epochs per round, the order alternating; {numerics}; "
+            f"{comparison.describe_machine(r['machine'])}; commit {r['commit']}. "
+            "Command: `uv run python benchmarks/search_cost.py --repeats "
+            f"{len(rounds)} --dense-epochs {r['dense_epochs']}`; record: "
+            "`benchmarks/results/search_cost.json`.",
+        ]
+    )
+
+
 def pretrained_start_doc() -> str:
     import pretrained_start
 
@@ -61,7 +127,13 @@ def pretrained_start_doc() -> str:
 
 # (file, block name) -> the text between the block's markers
 BLOCKS: dict[tuple[str, str], Callable[[], str]] = {
+    ("README.md", "quickstart"): quickstart,
     ("README.md", "comparison"): readme_comparison,
+    ("docs/jst_vs_baselines.md", "comparison"): readme_comparison,
+    ("docs/jst_vs_baselines.md", "long-schedule"): long_schedule_seeds,
+    ("docs/jst_vs_baselines.md", "search-cost"): search_cost,
+    ("docs/jst_experiments.md", "ablations-fp32"): ablations("fp32"),
+    ("docs/jst_experiments.md", "ablations-bf16"): ablations("bf16"),
 }
 BLOCKS.update(performance_report.BLOCKS)
 # file -> its whole text

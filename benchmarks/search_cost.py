@@ -1,11 +1,12 @@
-"""Time per epoch: a JST search vs dense training of the same network on the same data.
+"""Time per epoch: a JST search vs dense training of the same network on the same data,
+measured side by side: ``--repeats`` rounds in one process, each timing both, the order
+alternating from round to round so that a slow spell of the machine hits both alike.
 
-Both run in this process, one after the other, on the same split, with the shipped
-training numerics. Wall time and this process's CPU time are recorded: on a shared
-machine the CPU-time ratio is the one to read (the wall-time ratio moves with the load
-of other jobs between the two phases). "Epoch" counts the
-training epochs the search spends (warm-up + per-iteration epochs), i.e. ``search.epochs``;
-candidate scoring, BN recalibration and gate updates are overheads inside that time.
+Wall time and this process's CPU time are recorded per round; the report gives the median
+ratio and its range over rounds. "Epoch" counts the training epochs the search spends
+(warm-up + per-iteration epochs), i.e. ``search.epochs``; candidate scoring, BN
+re-estimation, gate updates and validation are inside that time, as the dense epochs
+include their validation.
 
     uv run python benchmarks/search_cost.py                       # cifar10-dev, ResNet-20
     uv run python benchmarks/search_cost.py --dataset digits --image-size 16
@@ -15,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
+import statistics
 import time
 from pathlib import Path
 
-import torch
 import yaml
-from bench_common import benchmark_split
+from bench_common import benchmark_split, run_provenance
 
 from pipeline.config import PipelineConfig, parse_config
 from pipeline.data import PreparedData
@@ -40,25 +41,47 @@ def main() -> None:
     p.add_argument("--arch", default="resnet20")
     p.add_argument("--epochs", type=float, default=12, help="search.epochs of the JST run")
     p.add_argument("--dense-epochs", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--target", type=float, default=0.5)
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     p.add_argument(
         "--jst", default="{}", help="search.jst overrides as JSON, e.g. '{\"alpha_lr\": 0}'"
     )
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/search_cost.json"))
     args = p.parse_args()
 
+    provenance = run_provenance(resolve_device(args.device))  # the code as it was imported
+    load_at_start = os.getloadavg()[0]
     data = benchmark_split(args.dataset, args.data, args.image_size, 0)
+    train_settings = {"device": args.device, "precision": args.precision}
     cfg = search_config(
-        args.arch, args.target, args.epochs, {"device": args.device}, jst=json.loads(args.jst)
+        args.arch, args.target, args.epochs, train_settings, jst=json.loads(args.jst)
     )
     device = resolve_device(cfg.train.device)
-    cpu_start = time.process_time()
-    dense_epoch_s = dense_epoch_seconds(data, cfg, device, args.dense_epochs)
-    dense_cpu_s = (time.process_time() - cpu_start) / args.dense_epochs
-    cpu_start = time.process_time()
-    jst_epoch_s = jst_epoch_seconds(data, cfg, device)
-    jst_cpu_s = (time.process_time() - cpu_start) / cfg.search.epochs
+    phases = {
+        "dense": lambda: dense_epoch_seconds(data, cfg, device, args.dense_epochs),
+        "jst": lambda: jst_epoch_seconds(data, cfg, device),
+    }
+    rounds = []
+    for i in range(args.repeats):
+        order = ["dense", "jst"] if i % 2 == 0 else ["jst", "dense"]
+        timed = {}
+        for phase in order:
+            cpu_start = time.process_time()
+            wall = phases[phase]()
+            epochs = args.dense_epochs if phase == "dense" else cfg.search.epochs
+            timed[phase] = {"wall_s": wall, "cpu_s": (time.process_time() - cpu_start) / epochs}
+        rounds.append(
+            {
+                "order": order,
+                **{f"{k}_epoch_s": v["wall_s"] for k, v in timed.items()},
+                **{f"{k}_epoch_cpu_s": v["cpu_s"] for k, v in timed.items()},
+                "ratio": timed["jst"]["wall_s"] / timed["dense"]["wall_s"],
+                "cpu_ratio": timed["jst"]["cpu_s"] / timed["dense"]["cpu_s"],
+            }
+        )
+        print(json.dumps(rounds[-1]), flush=True)
 
     record = {
         "dataset": args.dataset,
@@ -66,26 +89,22 @@ def main() -> None:
         "arch": args.arch,
         "target_flops": args.target,
         "train_images": len(data.train.labels),
-        "dense_epoch_s": dense_epoch_s,
-        "jst_epoch_s": jst_epoch_s,
-        "ratio": jst_epoch_s / dense_epoch_s,
-        # CPU seconds of this process: what the work costs, whatever else the machine runs
-        # (the wall-time ratio moves with the neighbours' load between the two phases).
-        "dense_epoch_cpu_s": dense_cpu_s,
-        "jst_epoch_cpu_s": jst_cpu_s,
-        "cpu_ratio": jst_cpu_s / dense_cpu_s,
+        "rounds": rounds,
+        "ratio": statistics.median(r["ratio"] for r in rounds),
+        "cpu_ratio": statistics.median(r["cpu_ratio"] for r in rounds),
         "numerics": training_numerics(cfg.train, device),
         "search_epochs": cfg.search.epochs,
+        "dense_epochs": args.dense_epochs,
         "jst": cfg.search.jst.model_dump(),
         "device": str(device),
-        "machine": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+        # the machine's 1-minute load average: above the threads used, others competed
+        "load_average": [load_at_start, os.getloadavg()[0]],
+        **provenance,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps(record, indent=2))
+    print(json.dumps({k: record[k] for k in ("ratio", "cpu_ratio", "numerics")}, indent=2))
 
 
 def shipped_jst_knobs() -> dict:

@@ -74,13 +74,17 @@ def test_old_records_without_model_or_schedule_read_as_the_short_resnet20_cell(r
 
 
 def test_the_best_baseline_is_chosen_on_validation_never_on_test(report):
-    runs = [
-        record("jst", 0.3, s, 0.50) for s in range(3)
-    ] + [
-        record("scratch", 0.3, s, test=0.60, val=0.40) for s in range(3)  # best on test
-    ] + [
-        record("l1", 0.3, s, test=0.45, val=0.55) for s in range(3)  # best on validation
-    ]
+    runs = (
+        [record("jst", 0.3, s, 0.50) for s in range(3)]
+        + [
+            record("scratch", 0.3, s, test=0.60, val=0.40)
+            for s in range(3)  # best on test
+        ]
+        + [
+            record("l1", 0.3, s, test=0.45, val=0.55)
+            for s in range(3)  # best on validation
+        ]
+    )
     rows = report.cells({"runs": runs})[("resnet20", 12, 6, "fp32", "flops")]
     name, _, seeds = report.best_baseline(rows, 0.3)
     assert (name, seeds) == ("l1", [0, 1, 2])

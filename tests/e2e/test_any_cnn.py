@@ -50,18 +50,21 @@ def test_torchvision_cnns_are_searched_exported_and_registered(tmp_path: Path) -
     params["data"] |= {"dataset": "imagefolder", "root": "data/raw", "image_size": SIDE}
     params["data"] |= {"val_fraction": 0.25, "test_fraction": 0.25}
     params["train"] |= {"batch_size": 8}
-    # Batches of 8 at the CIFAR learning rate (0.1) blow EfficientNet's logits up to ~1e5
-    # within one epoch; then no fp32 parity check can pass.
-    params["search"] |= {"lr": 0.01}
-    params["finetune"] |= {"lr": 0.001}
     name = params["tracking"]["registered_model"]
+    # Settings whose outcome does not depend on the CPU's numerics. mobilenet_v2 trains stably
+    # at these rates in fp32 and bf16. EfficientNet-B0 on 12 training images does not, at any
+    # rate tried: its last BatchNorms see 2x2 maps in batches of 4-12, and after two steps
+    # the running statistics give eval-mode logits of 1e3-1e8 (fp32, seeds 0-2). It is
+    # therefore pruned as initialised (l1 re-estimates the pruned model's BN statistics),
+    # which exercises discovery, slicing, export and registration without training it.
     runs = [
-        ("mobilenet_v2", {"method": "jst"}),  # TINY_PARAMS: 1 warm-up epoch, 2 iterations
-        ("efficientnet_b0", {"method": "l1", "epochs": 1}),
+        ("mobilenet_v2", {"method": "jst", "lr": 0.01}, {"lr": 0.001}),  # 1 warm-up, 2 iter.
+        ("efficientnet_b0", {"method": "l1", "epochs": 0}, {"epochs": 0}),
     ]
-    for version, (arch, search) in enumerate(runs, start=1):
+    for version, (arch, search, finetune) in enumerate(runs, start=1):
         params["model"] |= {"arch": arch}
         params["search"] |= {"target_flops": 0.5, **search}
+        params["finetune"] |= finetune
         repo.write_params(params)
         repo.commit(f"{arch}, {search['method']}, on an image folder")
 
