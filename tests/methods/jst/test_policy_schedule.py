@@ -29,6 +29,20 @@ def test_advantages_of_several_candidates_sum_to_zero_even_when_rewards_rise():
     assert (advantages[:2] < 0).all() and (advantages[2:] > 0).all()
 
 
+def test_candidates_that_score_alike_teach_the_policy_nothing_however_far_rewards_rose():
+    """A moving-average baseline lagging rising rewards made every advantage positive,
+    reinforcing whatever the candidates did. Equal rewards carry no information."""
+    learner = PolicyLearner([-1.0, 0.0, 1.0], lr=0.1)
+    learner.baseline = 0.1  # a moving average far below today's rewards
+    generator = torch.Generator().manual_seed(3)
+    states = torch.rand(6, STATE_SIZE, generator=generator)
+    decisions = [learner.decide(states, generator) for _ in range(4)]
+    before = [p.detach().clone() for p in learner.policy.parameters()]
+    learner.update(decisions, [0.75] * 4)  # exact in binary: the advantages are exactly 0
+    after = list(learner.policy.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+
 def test_single_candidate_gets_an_advantage_once_the_baseline_exists():
     learner = PolicyLearner([-1.0, 1.0], lr=0.1)
     generator = torch.Generator().manual_seed(1)

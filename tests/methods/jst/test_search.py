@@ -7,10 +7,15 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
+from torch.nn.modules.module import register_module_forward_pre_hook
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from pipeline.data import normalize
 from pipeline.methods import SearchContext, get_method
@@ -240,20 +245,142 @@ def test_alpha_stays_bounded_and_gates_learn_over_a_long_search():
 
 
 def test_gates_learn_on_training_images_and_candidates_score_on_validation():
-    search = _search(iterations=2)
-    used = {}
-    loader = search._loader
+    """Alpha fitted and candidates scored on one split picked a candidate that scored
+    1.000 there and 0.95 on validation. Every gradient step (weights and gates) must see
+    training images only, every evaluation (candidate scores, validation accuracy)
+    validation images only."""
+    seed_everything(0)
+    data = synthetic_data()
+    cfg = tiny_config(
+        train={"augment": {"crop_padding": 0}},  # images reach the network as stored
+        search={
+            "method": "jst",
+            "target_flops": 0.5,
+            "epochs": 3,
+            "jst": {**TINY_JST, "iterations": 2, "freeze_fraction": 0.0},
+        },
+        model={"arch": "resnet20"},
+    )
+    search = JointSearch(SearchContext(cfg, data, torch.device("cpu")))
+    passes = []  # (gradient on, network in training mode, images) of every forward pass
 
-    def recording(split, t, salt, **kwargs):
-        used.setdefault(salt, set()).add(id(split))
-        return loader(split, t, salt, **kwargs)
+    def record(module, args):
+        if isinstance(module, nn.Conv2d) and args[0].shape[1:] == data.input_shape:
+            passes.append((torch.is_grad_enabled(), module.training, args[0].detach().clone()))
 
-    search._loader = recording
-    search.run()
-    data = search.data
-    assert used[1] == {id(data.val)}  # candidate scores
-    assert used[3] == {id(data.train)}  # weights and gates
-    assert not set(map(bytes, data.val.images.numpy())) & set(map(bytes, data.train.images.numpy()))
+    handle = register_module_forward_pre_hook(record)
+    try:
+        search.run()
+    finally:
+        handle.remove()
+
+    split_of = _split_finder(data)
+    seen = {}
+    for gradient, training, images in passes:
+        kind = "gradient step" if gradient else "BN re-estimation" if training else "evaluation"
+        seen.setdefault(kind, set()).add(split_of(images))
+    assert seen == {
+        "gradient step": {"train"},
+        "BN re-estimation": {"train"},
+        "evaluation": {"val"},
+    }
+    assert any(float(a.abs().max()) > 0 for a in search.alpha.values())  # the gates learned
+
+
+def _split_finder(data):
+    """A function naming the split ("train", "val" or "mixed") a batch of normalised
+    images was drawn from."""
+    flat = {
+        name: normalize(split.images, data.mean, data.std).flatten(1)
+        for name, split in (("train", data.train), ("val", data.val))
+    }
+    assert (_distance_to_nearest(flat["val"], flat["train"]) > 1e-2).all()  # disjoint
+
+    def split_of(images: torch.Tensor) -> str:
+        for name, pool in flat.items():
+            if (_distance_to_nearest(images.flatten(1).float(), pool) < 1e-4).all():
+                return name
+        return "mixed"
+
+    return split_of
+
+
+def _distance_to_nearest(rows: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
+    """Largest pixel difference of each row to its nearest row of ``pool`` (exact, unlike
+    cdist's matrix-product shortcut)."""
+    return (rows[:, None] - pool[None]).abs().amax(-1).min(1).values
+
+
+def _statistics_used(network: nn.Module) -> dict[str, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Filled, per BN of ``network``, with the running statistics each forward pass in
+    eval mode normalises with."""
+    used: dict[str, list] = {}
+
+    def record(name, bn, _inputs):
+        if not bn.training:
+            used.setdefault(name, []).append((bn.running_mean.clone(), bn.running_var.clone()))
+
+    for name, module in network.named_modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.register_forward_pre_hook(partial(record, name))
+    return used
+
+
+def test_candidates_are_scored_with_bn_statistics_of_their_own(monkeypatch):
+    """A gathered candidate inherits statistics of other sub-networks; the statistics it
+    is scored with are re-estimated for it, its gates applied, on training images."""
+    search = _search()
+    generator = torch.Generator().manual_seed(0)
+    for g in search.groups:  # gates that differ from 1: the statistics depend on them
+        search.alpha[g] = torch.randn(len(search.alpha[g]), generator=generator)
+    images = normalize(search.data.train.images, search.data.mean, search.data.std)
+    calibration = [images[:48], images[48:]]
+    candidates = [search._draw(search._states(), 0.5, 1.0, 0.05) for _ in range(3)]
+    build, used = search._sub_network, []
+    monkeypatch.setattr(search, "_sub_network", lambda keep: _recorded(build(keep), used))
+
+    search._score(candidates, 1, 0.5, calibration)
+
+    for candidate, statistics in zip(candidates, used, strict=True):
+        own = build(candidate.keep)
+        gates = {g: gates_of(search.alpha[g][candidate.keep[g]]) for g in search.groups}
+        with gated(own, search.setup.layout, gates):
+            recalibrate_bn(own, calibration)
+        bns = {n: m for n, m in own.named_modules() if isinstance(m, nn.BatchNorm2d)}
+        assert statistics.keys() == bns.keys()  # every BN normalised with running statistics
+        for name, bn in bns.items():
+            for mean, var in statistics[name]:
+                torch.testing.assert_close(mean, bn.running_mean, rtol=1e-4, atol=1e-5)
+                torch.testing.assert_close(var, bn.running_var, rtol=1e-4, atol=1e-5)
+
+
+def _recorded(network: nn.Module, used: list) -> nn.Module:
+    used.append(_statistics_used(network))
+    return network
+
+
+def test_learning_rate_the_optimizer_sees_never_rises_from_warmup_to_the_end():
+    """The warm-up's cosine fell to ~0 and the first iteration restarted at search.lr.
+    One curve: from search.lr down to search.lr * lr_decay, never up, never below."""
+    rates = []
+
+    def record(optimizer, _args, _kwargs):
+        if isinstance(optimizer, torch.optim.SGD):  # the weights' (gates and policy: Adam)
+            rates.append(optimizer.param_groups[0]["lr"])
+
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        search = _search(warmup_epochs=1.5)  # a whole and a fractional warm-up epoch
+        search.run()
+    finally:
+        handle.remove()
+    lr, lowest = search.search_cfg.lr, search.search_cfg.lr * search.jst.lr_decay
+    warmup_steps = 5  # 96 training images, batches of 32: 3 + 2 steps
+    assert len(rates) > warmup_steps
+    assert rates[0] == pytest.approx(lr)
+    rises = [(i, a, b) for i, (a, b) in enumerate(pairwise(rates)) if b > a * (1 + 1e-9)]
+    assert not rises, f"the learning rate rose at steps {rises}"
+    assert min(rates) >= lowest * (1 - 1e-9)
 
 
 def test_frozen_iterations_train_one_architecture_and_ship_it(monkeypatch):
