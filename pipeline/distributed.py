@@ -98,6 +98,13 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor``'s largest value over ranks, in place."""
+    if world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     """``tensor`` averaged over ranks, in place."""
     return all_reduce_sum(tensor).div_(world_size())

@@ -23,4 +23,16 @@ class ArtifactError(PipelineError):
 
 
 class TrainingDiverged(PipelineError):
-    """The loss became NaN or infinite; raised before the bad step is applied."""
+    """Training diverged: the loss became NaN or infinite (raised before the bad step),
+    or an epoch ended with its loss or logits past the bounds below (``pipeline.train``)."""
+
+
+# What counts as diverged (checked after every epoch and JST iteration, and when an export
+# fails its parity check); docs/guarantees.md gives the measurements behind both values.
+# An epoch whose mean training loss rose above the loss its run started at and past this
+# many times ln(classes), the loss of a classifier that knows nothing. Healthy runs on tiny
+# data spike to 27x for an epoch and recover (2 classes, batches of 1-8, lr 0.2-0.3).
+LOSS_RISE_FACTOR = 50.0
+# A |logit| no healthy classifier reaches (those runs: below 100 in training); far inside
+# the float32 and bf16 range (both ~3e38), so the same bound holds at either precision.
+SANE_LOGIT_BOUND = 1e4

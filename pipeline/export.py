@@ -21,6 +21,7 @@ Two input formats (metadata ``input_format``):
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 import tempfile
@@ -35,7 +36,7 @@ import torch
 from torch import nn
 
 from pipeline.data import normalize
-from pipeline.errors import ArtifactError
+from pipeline.errors import SANE_LOGIT_BOUND, ArtifactError
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -132,8 +133,10 @@ def export_onnx(
     normalized) at batch 1 and batch N; a largest absolute difference >= ``tolerance`` times
     the logits' scale (their largest magnitude, at least 1) raises ``ArtifactError``: float32
     rounding grows with the values, so logits in the thousands (an early, barely trained
-    network) differ by more than 1e-4 with every operator computed alike. The metadata gets
-    ``input_format``. An existing file at ``path`` is replaced only by a verified export.
+    network) differ by more than 1e-4 with every operator computed alike. The error blames
+    diverged training, not an operator, when the logits are past ``SANE_LOGIT_BOUND`` or not
+    finite. The metadata gets ``input_format``. An existing file at ``path`` is replaced
+    only by a verified export.
     """
     path = Path(path)
     input_format = TENSOR if image_input is None else IMAGE
@@ -159,8 +162,8 @@ def export_onnx(
             raise ArtifactError(
                 f"ONNX export of {path} does not match PyTorch: largest absolute difference "
                 f"{max_diff:.3g} on {len(samples)} samples (tolerance {tolerance:g} x logit "
-                f"scale {max(1.0, scale):.3g}); the model uses an operator that ONNX Runtime "
-                "computes differently; the file was not written"
+                f"scale {max(1.0, scale):.3g}); {_mismatch_cause(scale)}; the file was not "
+                "written"
             )
         os.replace(tmp, path)
     finally:
@@ -221,6 +224,19 @@ def input_format_of(metadata: dict[str, str], shown: str | os.PathLike) -> str:
             f"{' or '.join(INPUT_FORMATS)}; re-run the export stage"
         )
     return input_format
+
+
+def _mismatch_cause(logit_scale: float) -> str:
+    """Why ONNX Runtime and PyTorch disagree: a diverged model (float32 rounding at its
+    magnitudes differs between any two runtimes) or, for sane logits, an operator."""
+    if math.isfinite(logit_scale) and logit_scale <= SANE_LOGIT_BOUND:
+        return "the model uses an operator that ONNX Runtime computes differently"
+    return (
+        f"the model's training diverged: its logits reach {logit_scale:.3g} (a healthy "
+        f"classifier stays far below {SANE_LOGIT_BOUND:.0e}), where float32 rounding differs "
+        "between runtimes; lower the learning rate (finetune.lr, or search.lr if the search "
+        "diverged) or raise train.batch_size, and rerun the pipeline"
+    )
 
 
 def _check_format(input_format: str) -> None:

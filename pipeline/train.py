@@ -11,6 +11,7 @@ import contextlib
 import math
 import random
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from pipeline import distributed
 from pipeline.checkpoint import Checkpoint
 from pipeline.config import TrainConfig
 from pipeline.data import Augment, BatchLoader, PreparedData, Split
-from pipeline.errors import PipelineError, TrainingDiverged
+from pipeline.errors import LOSS_RISE_FACTOR, SANE_LOGIT_BOUND, PipelineError, TrainingDiverged
 from pipeline.progress import console, epoch_progress
 
 EpochCallback = Callable[[dict], None]
@@ -214,32 +215,51 @@ def cosine_lr(optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     )
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, settings, regularizer=None) -> dict:
+DEFAULT_LR_NAME = "search.lr / finetune.lr"  # for callers that do not say which they train at
+
+
+@dataclass
+class DivergenceCheck:
+    """What the epochs of one training run are checked against (``check_epoch``): the
+    loss its first step had, and the parameter its learning rate comes from."""
+
+    lr_name: str = DEFAULT_LR_NAME
+    start_loss: float | None = None  # set by the run's first call of train_steps
+
+
+def train_one_epoch(
+    model, loader, optimizer, scheduler, settings, regularizer=None, check=None
+) -> dict:
     return train_steps(
-        model, iter(loader), len(loader), optimizer, settings, scheduler, regularizer
+        model, iter(loader), len(loader), optimizer, settings, scheduler, regularizer, check
     )
 
 
 def train_steps(
-    model, batches, steps: int, optimizer, settings, scheduler=None, regularizer=None
+    model, batches, steps: int, optimizer, settings, scheduler=None, regularizer=None, check=None
 ) -> dict:
     """Run ``steps`` SGD steps on ``batches``; returns mean loss and accuracy.
 
     ``settings.precision`` and ``settings.memory_format`` apply here (no-ops on a CPU under
-    ``auto``). Running sums stay on the device; on a GPU the divergence check reads the
-    loss back only every few steps, since each read waits for the GPU to catch up.
+    ``auto``). Running sums stay on the device; on a GPU the NaN/inf check reads the loss
+    back only every few steps, since each read waits for the GPU to catch up. At the end
+    the steps are checked against ``check`` (a run of their own without one): see
+    ``check_epoch``.
     """
+    check = check or DivergenceCheck()
     if distributed.world_size() > 1:
         return _train_steps_sharded(
-            model, batches, steps, optimizer, settings, scheduler, regularizer
+            model, batches, steps, optimizer, settings, scheduler, regularizer, check
         )
     model.train()
     device = next(model.parameters()).device
     check_every = 1 if device.type == "cpu" else _GPU_CHECK_EVERY
+    lr = optimizer.param_groups[0]["lr"]
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-    seen = 0
+    logit_max = torch.zeros((), dtype=torch.float32, device=device)
+    first_loss, seen, classes = None, 0, 0
     for step, (x, y) in zip(range(steps), batches, strict=False):
         x = batch_layout(x, settings)
         with mixed_precision(settings, device):
@@ -249,38 +269,84 @@ def train_steps(
                 loss = loss + regularizer(model)
         nonfinite |= ~torch.isfinite(loss.detach())
         if (step + 1) % check_every == 0 and nonfinite:
-            _diverged(loss, optimizer)
+            _diverged(loss, optimizer, check)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
+        first_loss = loss.detach() if first_loss is None else first_loss
         loss_sum += loss.detach().double() * len(y)
         correct += (logits.argmax(1) == y).sum()
-        seen += len(y)
+        logit_max = torch.maximum(logit_max, logits.detach().abs().amax().float())
+        seen, classes = seen + len(y), logits.shape[1]
     if nonfinite:
-        _diverged(loss, optimizer)
-    return {
-        "train_loss": loss_sum.item() / max(1, seen),
-        "train_top1": int(correct) / max(1, seen),
-    }
+        _diverged(loss, optimizer, check)
+    if seen == 0:
+        return {"train_loss": 0.0, "train_top1": 0.0}
+    # One read back for everything the epoch summed on the device.
+    total, hits, first, largest = torch.stack(
+        [loss_sum, correct.double(), first_loss.double(), logit_max.double()]
+    ).tolist()
+    stats = {"train_loss": total / seen, "train_top1": hits / seen}
+    check_epoch(check, stats["train_loss"], first, largest, classes, lr)
+    return stats
 
 
-_GPU_CHECK_EVERY = 25  # steps between divergence checks on a GPU
+_GPU_CHECK_EVERY = 25  # steps between NaN/inf checks on a GPU
+
+
+def check_epoch(
+    check: DivergenceCheck,
+    mean_loss: float,
+    first_loss: float,
+    logit_max: float,
+    classes: int,
+    lr: float,
+) -> None:
+    """Raise ``TrainingDiverged`` when an epoch's logits passed ``SANE_LOGIT_BOUND``, or
+    its mean loss rose above the run's start (its first step's loss) and past
+    ``LOSS_RISE_FACTOR`` times chance level, ln(classes): the loss of knowing nothing."""
+    if check.start_loss is None:
+        check.start_loss = first_loss  # this is the run's first epoch
+    chance = math.log(max(classes, 2))
+    losses = f"mean loss {mean_loss:.4g} this epoch, {check.start_loss:.4g} at the start"
+    if logit_max > SANE_LOGIT_BOUND:
+        what = (
+            f"the logits reached {logit_max:.3g} (a healthy classifier stays far below "
+            f"{SANE_LOGIT_BOUND:.0e}); {losses}"
+        )
+    elif mean_loss > max(check.start_loss, LOSS_RISE_FACTOR * chance):
+        what = (
+            f"the loss rose past {LOSS_RISE_FACTOR:g}x chance level (ln({classes} classes) = "
+            f"{chance:.3g}): {losses}"
+        )
+    else:
+        return
+    raise TrainingDiverged(
+        f"training diverged: {what}, at learning rate {lr:.4g}; {_lower(check)}."
+    )
+
+
+def _lower(check: DivergenceCheck) -> str:
+    return f"lower the learning rate ({check.lr_name}) or raise train.batch_size"
 
 
 def _train_steps_sharded(
-    model, batches, steps: int, optimizer, settings, scheduler=None, regularizer=None
+    model, batches, steps: int, optimizer, settings, scheduler, regularizer, check
 ) -> dict:
     """``train_steps`` over several processes: each rank takes its slice of every global
     batch; BN statistics, loss and gradients are those of the global batch
-    (``pipeline.distributed``), so every rank takes the same step."""
+    (``pipeline.distributed``), so every rank takes the same step and the same decision."""
     model.train()
     device = next(model.parameters()).device
     world = distributed.world_size()
     check_every = 1 if device.type == "cpu" else _GPU_CHECK_EVERY
+    lr = optimizer.param_groups[0]["lr"]
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss x n, correct, seen
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    logit_max = torch.zeros((), dtype=torch.float64, device=device)  # this rank's
+    first_loss, classes = None, 0
     with distributed.global_batch_norm(model):
         for step, (x, y) in zip(range(steps), batches, strict=False):
             count = len(y)
@@ -296,22 +362,30 @@ def _train_steps_sharded(
             global_loss, correct = distributed.sum_gradients_and(model, local)
             nonfinite |= ~torch.isfinite(global_loss)
             if (step + 1) % check_every == 0 and nonfinite:
-                _diverged(global_loss, optimizer)
+                _diverged(global_loss, optimizer, check)
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
+            first_loss = global_loss if first_loss is None else first_loss
             totals += torch.stack([global_loss * count, correct, totals.new_tensor(count)])
+            logit_max = torch.maximum(logit_max, logits.detach().abs().amax().double())
+            classes = logits.shape[1]
     if nonfinite:
-        _diverged(global_loss, optimizer)
+        _diverged(global_loss, optimizer, check)
     loss_sum, correct, seen = totals.tolist()
-    return {"train_loss": loss_sum / max(1, seen), "train_top1": correct / max(1, seen)}
+    if seen == 0:
+        return {"train_loss": 0.0, "train_top1": 0.0}
+    largest = distributed.all_reduce_max(logit_max).item()  # every rank decides alike
+    stats = {"train_loss": loss_sum / seen, "train_top1": correct / seen}
+    check_epoch(check, stats["train_loss"], first_loss.item(), largest, classes, lr)
+    return stats
 
 
-def _diverged(loss: torch.Tensor, optimizer) -> None:
+def _diverged(loss: torch.Tensor, optimizer, check: DivergenceCheck) -> None:
     lr = optimizer.param_groups[0]["lr"]
     raise TrainingDiverged(
         f"training diverged: the loss became {loss.item()} at learning rate {lr:.4g}; "
-        "lower the learning rate (search.lr / finetune.lr)."
+        f"{_lower(check)}."
     )
 
 
@@ -380,11 +454,13 @@ def train(
     fingerprint: str = "",
     desc: str = "train",
     lr_factor: Callable[[float], float] | None = None,
+    lr_name: str = DEFAULT_LR_NAME,
 ) -> list[dict]:
     """Train ``model`` in place for ``epochs``; returns one record per epoch.
 
     The learning rate is ``lr`` times ``lr_factor(epochs done, fractional)``; by default
-    a cosine from 1 to 0 over ``epochs``.
+    a cosine from 1 to 0 over ``epochs``. ``lr_name`` is the parameter ``lr`` comes from,
+    which a divergence error tells the user to lower.
 
     With ``checkpoint`` set, state is saved after every epoch and a later call with the
     same ``fingerprint`` resumes after the last finished epoch.
@@ -401,6 +477,7 @@ def train(
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s / steps))
     history: list[dict] = []
     start = 0
+    check = DivergenceCheck(lr_name)
     saved = Checkpoint(checkpoint, fingerprint, desc)
     state = saved.load()
     if state is not None:
@@ -409,6 +486,7 @@ def train(
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         history, start = state["history"], state["epoch"]
+        check.start_loss = state.get("start_loss")  # None in older checkpoints: set anew
         console.log(f"{desc}: resuming after epoch {start}/{epochs} from {checkpoint}")
     distributed.check_same(start, f"the epoch {desc} resumes after")
     limit = gpu_data_limit(settings, torch.device(device))
@@ -418,7 +496,7 @@ def train(
             record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
             try:
                 record |= train_one_epoch(
-                    step_model, loader, optimizer, scheduler, settings, regularizer
+                    step_model, loader, optimizer, scheduler, settings, regularizer, check
                 )
             except TrainingDiverged as err:
                 kept = saved.kept("epoch", epoch)
@@ -436,6 +514,7 @@ def train(
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "rng": torch.get_rng_state(),
+                    "start_loss": check.start_loss,
                 }
             )
             advance(record)

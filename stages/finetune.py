@@ -45,6 +45,7 @@ def main() -> None:
             checkpoint=stage.checkpoints / "finetune.pt",
             fingerprint=f"finetune:{spec.sha256}:{cfg.model_dump_json()}",
             desc="finetune",
+            lr_name="finetune.lr",
         )
         if not is_main():  # every rank trained; rank 0 evaluates and writes
             return

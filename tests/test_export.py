@@ -159,6 +159,43 @@ def test_parity_tolerance_scales_with_the_logits(tmp_path, samples):
         )
 
 
+def with_head_scaled(factor: float) -> TinyCNN:
+    model = trained_like(TinyCNN())
+    with torch.no_grad():
+        model.fc.weight.mul_(factor)
+        model.fc.bias.mul_(factor)
+    return model
+
+
+def parity_error(model: nn.Module, path, samples, **kwargs) -> str:
+    with pytest.raises(ArtifactError, match="does not match PyTorch") as caught:
+        export_onnx(model, INPUT_SHAPE, path, sample_inputs=samples, **kwargs)
+    return str(caught.value)
+
+
+def test_a_parity_failure_of_exploded_logits_names_diverged_training(tmp_path, samples):
+    """The same failure (forced: a negative tolerance fails any difference) blames the
+    operators for sane logits and diverged training for logits past SANE_LOGIT_BOUND."""
+    from pipeline.errors import SANE_LOGIT_BOUND
+
+    sane = parity_error(with_head_scaled(1.0), tmp_path / "a.onnx", samples, tolerance=-1)
+    assert "operator that ONNX Runtime computes differently" in sane
+    assert "diverged" not in sane
+    exploded = with_head_scaled(1e6)
+    with torch.no_grad():
+        scale = exploded(samples).abs().max().item()
+    assert scale > SANE_LOGIT_BOUND
+    message = parity_error(exploded, tmp_path / "b.onnx", samples, tolerance=-1)
+    assert "the model's training diverged: its logits reach" in message
+    assert "lower the learning rate (finetune.lr" in message and "operator" not in message
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_non_finite_logits_fail_parity_as_diverged_training(tmp_path, samples):
+    message = parity_error(with_head_scaled(float("inf")), tmp_path / "m.onnx", samples)
+    assert "the model's training diverged" in message and "operator" not in message
+
+
 def test_export_failure_keeps_existing_file(tmp_path, samples):
     path = tmp_path / "model.onnx"
     path.write_bytes(b"previous model")

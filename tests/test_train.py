@@ -1,6 +1,7 @@
 """The training step's speed settings: what auto picks per device, applied where asked."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -223,3 +224,141 @@ def test_one_loader_factory_for_every_training_split():
     expected = make_loader(data, cfg, 3 * 7919 + 3, "cpu", augment=False)
     for got, (x, _) in zip(batches, expected, strict=False):
         assert torch.equal(got, x)
+
+
+def test_the_divergence_bounds_are_the_documented_ones():
+    """An epoch diverged when its logits pass SANE_LOGIT_BOUND, or its mean loss rose above
+    the run's start and past LOSS_RISE_FACTOR x ln(classes); at either bound it carries on."""
+    from pipeline.errors import LOSS_RISE_FACTOR, SANE_LOGIT_BOUND, TrainingDiverged
+    from pipeline.train import DivergenceCheck, check_epoch
+
+    bound = LOSS_RISE_FACTOR * math.log(4)
+    check_epoch(DivergenceCheck(), bound, 0.1, 10.0, 4, 0.1)
+    with pytest.raises(TrainingDiverged, match="rose past") as caught:
+        check_epoch(DivergenceCheck("finetune.lr"), bound * 1.001, 0.1, 10.0, 4, 0.1)
+    assert "lower the learning rate (finetune.lr) or raise train.batch_size" in str(caught.value)
+    high_start = 2 * bound  # a run that started this badly only counts if it rises further
+    check_epoch(DivergenceCheck(), high_start, high_start, 10.0, 4, 0.1)
+    with pytest.raises(TrainingDiverged, match="rose past"):
+        check_epoch(DivergenceCheck(), high_start * 1.001, high_start, 10.0, 4, 0.1)
+    later = DivergenceCheck(start_loss=high_start)  # a later epoch: the run's start is kept
+    check_epoch(later, high_start, 0.1, 10.0, 4, 0.1)
+    check_epoch(DivergenceCheck(), 1.0, 1.0, SANE_LOGIT_BOUND, 4, 0.1)
+    with pytest.raises(TrainingDiverged, match="logits reached") as caught:
+        check_epoch(DivergenceCheck("search.lr"), 1.0, 1.0, SANE_LOGIT_BOUND * 1.001, 4, 0.1)
+    assert "lower the learning rate (search.lr)" in str(caught.value)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_an_absurd_learning_rate_stops_the_stage_with_one_divergence_message(precision):
+    """Logits that explode (a finite loss, so no NaN check sees it) stop training at the
+    end of the epoch; the stage prints where, both losses, the learning rate and what to
+    lower, in one line without a traceback, as for a NaN loss."""
+    from pipeline.errors import SANE_LOGIT_BOUND
+    from pipeline.progress import console
+    from pipeline.train import train
+    from stages.common import run_stage
+    from tests.conftest import synthetic_data
+
+    data = synthetic_data()
+    cfg = settings(batch_size=32, precision=precision)
+
+    def main() -> None:
+        model = tiny_net_for(data)
+        kwargs = dict(settings=cfg, seed=0, device=CPU, desc="finetune", lr_name="finetune.lr")
+        train(model, data, epochs=3, lr=1e3, **kwargs)
+
+    main.__module__ = "stages.finetune"
+    with console.capture() as captured, pytest.raises(SystemExit) as exit_:
+        run_stage(main)
+    assert exit_.value.code == 1
+    output = captured.get()
+    assert "Traceback" not in output
+    [message] = [line for line in output.splitlines() if line.startswith("error:")]
+    assert message.startswith(
+        "error: stage finetune: finetune epoch 1/3: training diverged: the logits reached "
+    )
+    found = re.search(r"reached (\S+) .*mean loss (\S+) this epoch, (\S+) at the start", message)
+    logits, now, start = (float(v) for v in found.groups())
+    assert logits > SANE_LOGIT_BOUND and now > 100 * start
+    assert "at learning rate 1000; lower the learning rate (finetune.lr)" in message
+    assert message.endswith("No epoch checkpoint was written yet.")
+
+
+def test_a_loss_that_climbs_far_above_its_start_stops_naming_both_losses(tmp_path):
+    """An epoch whose mean loss rose above the run's first step (kept across epochs and in
+    the checkpoint) and past LOSS_RISE_FACTOR x ln(classes) stops, logits sane or not."""
+    from pipeline.errors import LOSS_RISE_FACTOR, TrainingDiverged
+    from pipeline.train import train
+    from tests.conftest import synthetic_data
+
+    data, checkpoint = synthetic_data(), tmp_path / "finetune.pt"
+    steps_per_epoch = -(-len(data.train.labels) // 32)
+    jump, calls = 2 * LOSS_RISE_FACTOR * math.log(len(data.classes)), []
+
+    def climbing(model):  # a loss term that jumps far up after the first epoch
+        calls.append(1)
+        return torch.tensor(jump if len(calls) > steps_per_epoch else 0.0)
+
+    with pytest.raises(TrainingDiverged) as caught:
+        train(
+            tiny_net_for(data),
+            data,
+            epochs=3,
+            lr=0.05,
+            settings=settings(batch_size=32),
+            seed=0,
+            device=CPU,
+            regularizer=climbing,
+            checkpoint=checkpoint,
+            fingerprint="fp",
+            desc="finetune",
+            lr_name="finetune.lr",
+        )
+    message = str(caught.value)
+    assert message.startswith(
+        f"finetune epoch 2/3: training diverged: the loss rose past {LOSS_RISE_FACTOR:g}x chance"
+    )
+    state = torch.load(checkpoint, weights_only=True)
+    assert state["epoch"] == 1
+    assert f"{state['start_loss']:.4g} at the start" in message
+    assert "lower the learning rate (finetune.lr)" in message
+    assert f"The checkpoint after epoch 1 is kept ({checkpoint})" in message
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_healthy_noisy_training_never_counts_as_diverged(tmp_path, precision):
+    """Batches of 8, label smoothing and a high learning rate: noisy, but it learns. Its
+    epochs stay below half the loss bound, so no CPU's or GPU's numerics can tip it over."""
+    from pipeline.errors import LOSS_RISE_FACTOR
+    from pipeline.train import train
+    from tests.conftest import synthetic_data
+
+    data, checkpoint = synthetic_data(), tmp_path / "finetune.pt"
+    torch.manual_seed(0)
+    channels, height, width = data.train.images.shape[1:]
+    learner = nn.Sequential(  # no global pooling: it can see which quadrant lights up
+        nn.Conv2d(channels, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * height * width, len(data.classes)),
+    )
+    cfg = settings(batch_size=8, label_smoothing=0.2, precision=precision)
+    history = train(
+        learner,
+        data,
+        epochs=3,
+        lr=0.2,
+        settings=cfg,
+        seed=0,
+        device=CPU,
+        checkpoint=checkpoint,
+        fingerprint="fp",
+        desc="finetune",
+    )
+    assert history[-1]["val_top1"] > 0.5  # chance is 0.25
+    start = torch.load(checkpoint, weights_only=True)["start_loss"]
+    assert 0 < start < 2 * math.log(len(data.classes))  # the run's start, as checked
+    chance = math.log(len(data.classes))
+    assert max(r["train_loss"] for r in history) < LOSS_RISE_FACTOR / 2 * chance

@@ -218,6 +218,7 @@ def train_phase(
         checkpoint=checkpoint,
         fingerprint=fingerprint,
         desc=name,
+        lr_name="search.lr",
     )
 
 

@@ -47,6 +47,7 @@ from pipeline.pruning.gates import fold_gates_into_bn, gated
 from pipeline.pruning.groups import KeptChannels
 from pipeline.pruning.slicing import build_model, scatter_weights, slice_weights, spec_for_indices
 from pipeline.train import (
+    DivergenceCheck,
     diverged_at,
     endless,
     evaluate,
@@ -185,13 +186,24 @@ class JointSearch:
             fingerprint=f"warmup:{self.fingerprint}",
             desc="jst warm-up",
             lr_factor=self.schedule.lr_factor,
+            lr_name="search.lr",
         )
         if fraction > 0:
-            loader = self._loader(self.data.train, 0, salt=5)
-            steps = max(1, round(fraction * len(loader)))
-            lr = cfg.search.lr * self.schedule.lr_factor(whole + fraction / 2)
-            optimizer = make_optimizer(self.setup.model, lr, cfg.train)
-            train_steps(self.setup.model, endless(loader), steps, optimizer, cfg.train)
+            self._warmup_fraction(whole, fraction, Checkpoint(checkpoint, "", "jst warm-up"))
+
+    def _warmup_fraction(self, whole: int, fraction: float, saved: Checkpoint) -> None:
+        """The warm-up's last part of an epoch, on the same learning-rate curve."""
+        cfg = self.ctx.config
+        loader = self._loader(self.data.train, 0, salt=5)
+        steps = max(1, round(fraction * len(loader)))
+        lr = cfg.search.lr * self.schedule.lr_factor(whole + fraction / 2)
+        optimizer = make_optimizer(self.setup.model, lr, cfg.train)
+        batches, check = endless(loader), DivergenceCheck("search.lr")
+        try:
+            train_steps(self.setup.model, batches, steps, optimizer, cfg.train, check=check)
+        except TrainingDiverged as err:
+            where = f"jst warm-up's last {fraction:g} epoch"
+            raise diverged_at(where, err, saved.kept("warm-up epoch", whole)) from None
 
     # ------------------------------------------------------------- iteration
     def _iteration(self, t: int) -> dict:
@@ -373,8 +385,10 @@ class JointSearch:
     def _train_steps(self, net, loader, steps: int, optimizer, frozen: bool, regularizer=None):
         if frozen and self.frozen_optimizer is not None:
             load_momenta(optimizer, self.frozen_optimizer)
+        # Each iteration trains a freshly sliced sub-network: a run of its own.
+        check = DivergenceCheck("search.lr")
         stats = train_steps(
-            net, endless(loader), steps, optimizer, self.ctx.config.train, None, regularizer
+            net, endless(loader), steps, optimizer, self.ctx.config.train, None, regularizer, check
         )
         if frozen:
             self.frozen_optimizer = optimizer.state_dict()
