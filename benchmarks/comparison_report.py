@@ -102,29 +102,36 @@ def best_baseline(rows: dict, budget: float):
 
 def comparisons(store: dict) -> list[dict]:
     """JST against the best baseline, for every FLOPs-budget cell and budget."""
+    return [
+        c
+        for cell, rows in sorted(cells(store).items())
+        if cell[4] == "flops"
+        for c in cell_comparisons(cell, rows)
+    ]
+
+
+def cell_comparisons(cell: tuple, rows: dict) -> list[dict]:
+    """JST against the best baseline of each budget of one cell, paired by seed."""
     found = []
-    for cell, rows in sorted(cells(store).items()):
-        if cell[4] != "flops":
+    for budget in sorted({b for b, v in rows if v == "jst"}, reverse=True):
+        best = best_baseline(rows, budget)
+        if best is None:
             continue
-        for budget in sorted({b for b, v in rows if v == "jst"}, reverse=True):
-            best = best_baseline(rows, budget)
-            if best is None:
-                continue
-            name, base, seeds = best
-            jst = by_seed(rows, budget, "jst")
-            found.append(
-                {
-                    "cell": cell,
-                    "budget": budget,
-                    "baseline": name,
-                    "baselines_run": [b for b in BASELINES if (budget, b) in rows],
-                    "seeds": seeds,
-                    "jst": jst,
-                    "base": base,
-                    "test": paired(jst, base, seeds, "test_top1"),
-                    "val": paired(jst, base, seeds, "val_top1"),
-                }
-            )
+        name, base, seeds = best
+        jst = by_seed(rows, budget, "jst")
+        found.append(
+            {
+                "cell": cell,
+                "budget": budget,
+                "baseline": name,
+                "baselines_run": [b for b in BASELINES if (budget, b) in rows],
+                "seeds": seeds,
+                "jst": jst,
+                "base": base,
+                "test": paired(jst, base, seeds, "test_top1"),
+                "val": paired(jst, base, seeds, "val_top1"),
+            }
+        )
     return found
 
 
@@ -188,24 +195,21 @@ def verdict_sentence(store: dict) -> str:
     )
 
 
-def paired_table(rows: dict) -> list[str]:
+def paired_table(cell: tuple, rows: dict) -> list[str]:
     """JST minus the best baseline of each budget, per seed, on test and validation."""
     lines = [
         "| budget | best baseline (on val) | JST − baseline, test, per seed (points) "
         "| mean ± std | 95 % interval | p | verdict | validation: mean ± std |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for budget in sorted({b for b, v in rows if v == "jst"}, reverse=True):
-        best = best_baseline(rows, budget)
-        if best is None:
-            continue
-        name, base, seeds = best
-        jst = by_seed(rows, budget, "jst")
-        test, val = paired(jst, base, seeds, "test_top1"), paired(jst, base, seeds, "val_top1")
-        per_seed = ", ".join(f"seed {s}: {d:+.2f}" for s, d in zip(seeds, test.diffs, strict=True))
+    for c in cell_comparisons(cell, rows):
+        test, val = c["test"], c["val"]
+        pairs = zip(c["seeds"], test.diffs, strict=True)
+        per_seed = ", ".join(f"seed {s}: {d:+.2f}" for s, d in pairs)
         lines.append(
-            f"| {budget} | {name} | {per_seed} | {_diff(test)} | {test.interval()} "
-            f"| {test.p_text()} | {test.verdict} | {val.mean:+.2f} ± {val.std:.2f} |"
+            f"| {c['budget']} | {c['baseline']} | {per_seed} | {_diff(test)} "
+            f"| {test.interval()} | {test.p_text()} | {test.verdict} "
+            f"| {val.mean:+.2f} ± {val.std:.2f} |"
         )
     return lines
 
@@ -341,7 +345,7 @@ def comparison_markdown(store: dict, plots: dict[tuple, str]) -> str:
             f"## {cell_title(cell)}\n\n{provenance(rows, store)}\n\n"
             + "\n".join(method_table(rows))
             + "\n\nJST against the best baseline, paired by seed:\n\n"
-            + "\n".join(paired_table(rows))
+            + "\n".join(paired_table(cell, rows))
         )
         if ablations:
             section += "\n\nAblations, paired by seed with JST, decided on validation:\n\n"
