@@ -184,8 +184,8 @@ def verdict_sentence(store: dict) -> str:
     words = {
         "win": "JST wins (significant)",
         "loss": "JST loses (significant)",
-        "within noise": "within noise",
-        f"n < {MIN_SEEDS}: not tested": f"fewer than {MIN_SEEDS} seeds, not tested",
+        "within noise": "Within noise",
+        f"n < {MIN_SEEDS}: not tested": f"Fewer than {MIN_SEEDS} seeds, not tested",
     }
     parts = [f"{words[v]}: {'; '.join(groups[v])}" for v in order if v in groups]
     return (

@@ -118,7 +118,7 @@ def test_the_summary_bolds_and_names_only_significant_differences(report):
     assert "| 0.3 |" in win and "**+9.67 ± 0.58**" in win and "| win |" in win
     sentence = report.verdict_sentence({"runs": runs})
     assert "JST wins (significant): ResNet-20, 12 + 6, fp32 at 0.3" in sentence
-    assert "within noise: ResNet-20, 12 + 6, fp32 at 0.5" in sentence
+    assert "Within noise: ResNet-20, 12 + 6, fp32 at 0.5" in sentence
 
 
 def test_a_cell_says_when_its_records_come_from_different_code(report):
