@@ -85,17 +85,20 @@ def paired(a: dict[int, dict], b: dict[int, dict], seeds: list[int], key: str):
 
 def best_baseline(rows: dict, budget: float):
     """(name, {seed: record}, seeds shared with JST) of the baseline with the highest mean
-    validation top-1 over the seeds JST also ran, or None."""
+    validation top-1 over the seeds JST also ran, or None. Baselines that share more seeds
+    with JST come first: a mean over fewer seeds is not comparable, and a single lucky seed
+    must not pick the baseline of a cell."""
     jst = set(by_seed(rows, budget, "jst"))
     candidates = []
     for name in BASELINES:
         runs = by_seed(rows, budget, name)
         seeds = sorted(set(runs) & jst)
         if seeds:
-            candidates.append((statistics.fmean(runs[s]["val_top1"] for s in seeds), name))
+            val = statistics.fmean(runs[s]["val_top1"] for s in seeds)
+            candidates.append((len(seeds), val, name))
     if not candidates:
         return None
-    name = max(candidates)[1]
+    name = max(candidates)[2]
     runs = by_seed(rows, budget, name)
     return name, runs, sorted(set(runs) & jst)
 

@@ -90,6 +90,15 @@ def test_the_best_baseline_is_chosen_on_validation_never_on_test(report):
     assert (name, seeds) == ("l1", [0, 1, 2])
 
 
+def test_a_baseline_run_on_fewer_seeds_is_not_the_best_on_one_lucky_seed(report):
+    runs = [record("jst", 0.5, s, 0.50) for s in range(3)]
+    runs += [record("l1", 0.5, s, 0.50, val=0.50) for s in range(3)]
+    runs += [record("scratch", 0.5, 0, 0.50, val=0.90)]  # one seed only
+    rows = report.cells({"runs": runs})[("resnet20", 12, 6, "fp32", "flops")]
+    name, _, seeds = report.best_baseline(rows, 0.5)
+    assert (name, seeds) == ("l1", [0, 1, 2])
+
+
 def test_the_paired_t_test_matches_scipy_and_sets_the_verdict(significance):
     jst, base = [54.0, 52.1, 55.3], [51.0, 50.2, 52.9]
     d = significance.paired_difference(jst, base)
