@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import tempfile
 from pathlib import Path
 
+import torch
+from bench_common import run_provenance
 from compare_methods import PRECISIONS
 from search_cost import search_config
 
@@ -39,6 +40,7 @@ def main() -> None:
     p.add_argument("--calibration-images", type=int, default=256)
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/int8.json"))
     args = p.parse_args()
+    provenance = run_provenance(torch.device("cpu"))  # the code as it was imported
     runs = [run_seed(args, seed) for seed in args.seeds]
     record = {
         "arch": "resnet20",
@@ -46,8 +48,8 @@ def main() -> None:
         "epochs": args.epochs,
         "threads": args.threads,
         "round_to": args.round_to,
-        "machine": platform.processor() or platform.machine(),
         "runs": runs,
+        **provenance,
     }
     Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from bench_common import run_provenance
 from torch import nn
 
 from pipeline.errors import PipelineError
@@ -284,6 +285,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--out", type=Path, default=RESULT)
     args = p.parse_args()
+    commit = run_provenance(torch.device("cpu"))["commit"]  # the code as it was imported
 
     cuda = torch.cuda.is_available() and CUDA in ort.get_available_providers()
     variants = build_variants(args.arch, (3, 32, 32), 10, tuple(args.keeps), tuple(args.round_to))
@@ -300,6 +302,7 @@ def main() -> None:
             cuda=cuda,
         )
     info = machine() | {
+        "commit": commit,
         "arch": args.arch,
         "input_shape": [3, 32, 32],
         "warmup": args.warmup,

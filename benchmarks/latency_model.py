@@ -16,6 +16,9 @@ import statistics
 import time
 from pathlib import Path
 
+import torch
+from bench_common import run_provenance
+
 from pipeline.latency import LatencyModel, NetworkTimer, Runtime, width_choices
 from pipeline.models import create_model
 from pipeline.pruning.flops import FlopsModel
@@ -36,6 +39,7 @@ def main() -> None:
     p.add_argument("--cache-dir", default=str(Path.home() / ".cache/jst-pipeline"))
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/latency_model.json"))
     args = p.parse_args()
+    provenance = run_provenance(torch.device("cpu"))  # the code as it was imported
 
     shape = tuple(args.input)
     dense = create_model(args.arch, num_classes=10, in_channels=shape[0], input_size=shape[1])
@@ -94,6 +98,7 @@ def main() -> None:
         "max_abs_ratio_error": max(ratio_errors),
         "rounds": args.rounds,
         "networks": rows,
+        **provenance,
     }
     Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
     print(json.dumps({k: v for k, v in record.items() if k != "networks"}, indent=1))

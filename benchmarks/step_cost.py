@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_common import run_provenance
 from compare_methods import PRECISIONS
 
 from pipeline.config import parse_config
@@ -37,6 +38,7 @@ def main() -> None:
     p.add_argument("--round-to", type=int, nargs="+", default=[8, 16])
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/step_cost.json"))
     args = p.parse_args()
+    provenance = run_provenance(torch.device("cpu"))  # the code as it was imported
     settings = parse_config({"train": {"device": "cpu", **PRECISIONS[args.precision]}}).train
     generator = torch.Generator().manual_seed(0)
     batches = [
@@ -88,6 +90,7 @@ def main() -> None:
         "dense_step_cpu_s": dense_s,
         "threads": torch.get_num_threads(),
         "rows": rows,
+        **provenance,
     }
     Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
 
