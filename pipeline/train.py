@@ -51,6 +51,10 @@ def seed_everything(seed: int) -> None:
     # torch.use_deterministic_algorithms does minus setting torch._inductor's flag, whose
     # import costs seconds in every stage process; `compiled` sets that flag when needed.
     torch._C._set_deterministic_algorithms(True, warn_only=True)
+    # ...and without its NaN fill of every new tensor (torch.empty & co.), a debugging aid
+    # for kernels that read memory they never wrote: it changes no result of a correct
+    # kernel, but cost ~10 % of a CPU training step in fill_ calls (benchmarks/plain_loop.py).
+    torch._C._set_deterministic_fill_uninitialized_memory(False)
 
 
 def compiled(model: nn.Module) -> nn.Module:
