@@ -18,6 +18,7 @@ from pipeline.evaluate import (
     time_interleaved,
     top_k_accuracy,
 )
+from tests.conftest import onnxruntime_cuda_or_skip
 
 NUM_CLASSES = 7
 INPUT_SHAPE = (NUM_CLASSES, 1, 1)
@@ -69,11 +70,13 @@ def test_cuda_without_gpu_is_a_user_error():
 @pytest.mark.skipif(not GPU, reason="no GPU")
 @pytest.mark.parametrize("device", ["auto", "cuda"])
 def test_gpu_selects_cuda_first(device):
+    onnxruntime_cuda_or_skip()
     assert select_providers(device) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
 @pytest.mark.skipif(not GPU, reason="no GPU")
 def test_open_session_runs_on_cuda(model_path):
+    onnxruntime_cuda_or_skip()
     assert open_session(model_path, "cuda")[1] == "CUDAExecutionProvider"
 
 

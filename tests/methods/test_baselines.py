@@ -13,7 +13,7 @@ from pipeline.pruning.flops import count_flops
 from pipeline.pruning.importance import Importance
 from pipeline.pruning.slicing import build_model
 from pipeline.train import evaluate, recalibrate_bn, seed_everything
-from tests.conftest import tiny_config
+from tests.conftest import TEST_DEVICE, tiny_config
 
 BASELINES = ["scratch", "l1", "slimming", "random"]
 
@@ -27,14 +27,14 @@ def test_registry_lists_baselines():
 def test_baseline_meets_budget(method, target, tiny_data):
     cfg = tiny_config(search={"method": method, "target_flops": target}, model={"arch": "resnet20"})
     seed_everything(0)
-    result = get_method(method)(SearchContext(cfg, tiny_data, torch.device("cpu")))
+    result = get_method(method)(SearchContext(cfg, tiny_data, torch.device(TEST_DEVICE)))
     ratio = count_flops(result.model, tiny_data.input_shape) / count_flops(
         build_model(result.dense_spec), tiny_data.input_shape
     )
     assert target - 0.01 <= ratio <= target
     assert result.summary["flops_ratio"] == pytest.approx(ratio)
     assert build_model(result.spec).state_dict().keys() == result.model.state_dict().keys()
-    assert 0.0 <= evaluate(result.model, tiny_data.val, tiny_data, "cpu")["top1"] <= 1.0
+    assert 0.0 <= evaluate(result.model, tiny_data.val, tiny_data, TEST_DEVICE)["top1"] <= 1.0
 
 
 def test_l1_keeps_the_largest_filters(tiny_data):

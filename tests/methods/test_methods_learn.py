@@ -8,7 +8,7 @@ from pipeline.methods import SearchContext, available_methods, get_method
 from pipeline.pruning.flops import count_flops
 from pipeline.pruning.slicing import build_model
 from pipeline.train import evaluate, seed_everything
-from tests.conftest import synthetic_data, tiny_config
+from tests.conftest import TEST_DEVICE, synthetic_data, tiny_config
 
 TARGET_FLOPS = 0.7  # pruned without fine-tuning, the baselines keep their accuracy here
 
@@ -38,10 +38,10 @@ def test_compact_model_learns_far_above_chance_within_its_budget(method):
         model={"arch": "resnet20"},
     )
     seed_everything(cfg.seed)
-    result = get_method(method)(SearchContext(cfg, data, torch.device("cpu")))
+    result = get_method(method)(SearchContext(cfg, data, torch.device(TEST_DEVICE)))
 
     chance = 1 / data.num_classes
-    held_out = evaluate(result.model, data.test, data, "cpu")["top1"]  # no method saw it
+    held_out = evaluate(result.model, data.test, data, TEST_DEVICE)["top1"]  # no method saw it
     assert held_out >= 3 * chance, f"{method}: test top-1 {held_out:.3f}"
     ratio = count_flops(result.model, data.input_shape) / count_flops(
         build_model(result.dense_spec), data.input_shape

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from mlflow import MlflowClient
 
-from pipeline.tracking import PipelineTracker
-from tests.tracking.helpers import EXPERIMENT
+from tests.conftest import skip_module_if_allowed_missing
+
+skip_module_if_allowed_missing("mlflow")  # benchmarks/gpu_check.sh on a machine without it
+
+from mlflow import MlflowClient  # noqa: E402
+
+from pipeline.tracking import PipelineTracker  # noqa: E402
+from tests.tracking.helpers import EXPERIMENT  # noqa: E402
 
 
 @pytest.fixture(scope="session")
