@@ -17,6 +17,7 @@
 #                                                 # wheels the GPU machine lacks + cifar10-dev
 # Options: --device cpu|cuda|auto, --data DIR (an ImageFolder; default: ../shared/datasets/
 # cifar10-dev, else .gpu_carry/cifar10-dev.tar, else the embedded digits set), --out FILE.
+# Environment: GPU_CHECK_PYTHON (the Python command), GPU_CHECK_TESTS (the pytest selection).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -35,7 +36,7 @@ while [ $# -gt 0 ]; do
     shift
 done
 
-CARRY=$ROOT/.gpu_carry
+CARRY=${GPU_CHECK_CARRY:-$ROOT/.gpu_carry}
 # The project's runtime packages that the GPU machine's image lacks and that are small
 # enough to carry (docs/gpus.md); mlflow, dvc and onnxruntime-gpu are not carried.
 CARRIED=(pydantic pydantic-core annotated-types typing-inspection typing-extensions)
@@ -103,7 +104,12 @@ modules = {"pydantic": "pydantic", "mlflow": "mlflow", "dvc": "dvc", "moto": "mo
            "safetensors": "safetensors", "hypothesis": "hypothesis", "yaml": "yaml",
            "sklearn": "sklearn", "matplotlib": "matplotlib", "onnxscript": "onnxscript",
            "pytest-timeout": "pytest_timeout", "pytest-xdist": "xdist"}
-missing = [d for d, m in modules.items() if importlib.util.find_spec(m) is None]
+def absent(module):
+    try:
+        return importlib.util.find_spec(module) is None
+    except (ImportError, ValueError):
+        return True
+missing = [d for d, m in modules.items() if absent(m)]
 try:
     import onnxruntime
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
@@ -112,7 +118,8 @@ except ImportError:
     missing.append("onnxruntime")
 print(json.dumps(missing))
 EOF
-MISSING=$(cat "$WORK/deps.json" 2>/dev/null || echo '["?"]')
+MISSING=$(cat "$WORK/deps.json" 2>/dev/null)
+[ -n "$MISSING" ] || MISSING='["unknown: the check failed, see deps.log"]'
 ALLOW=$(python3 -c "import json,sys; print(','.join(d for d in json.loads(sys.argv[1]) if d in ('mlflow','dvc','moto','flask-cors','onnxruntime-gpu')))" "$MISSING" 2>/dev/null)
 echo "python: ${PY[*]}; missing: $MISSING; tests may skip for: ${ALLOW:-nothing}" >&2
 
@@ -182,6 +189,7 @@ else
     SEARCH=(--search-epochs 4 --finetune-epochs 2 --precision bf16)
     TORCHRUN=(--epochs 4)
 fi
+[ -n "${GPU_CHECK_TESTS:-}" ] && read -r -a TESTS <<<"$GPU_CHECK_TESTS"  # a narrower selection
 limit() { local kv; for kv in "${LIMITS[@]}"; do [ "${kv%%=*}" = "$1" ] && echo "${kv#*=}"; done; }
 
 PER_TEST=()

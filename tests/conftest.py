@@ -83,16 +83,6 @@ def allowed_missing_module(module: str) -> str | None:
     return None
 
 
-def skip_module_if_allowed_missing(module: str) -> None:
-    """For a conftest.py: skip its folder where ``module`` is absent and allowed to be."""
-    dist = allowed_missing_module(module)
-    if dist is not None:
-        pytest.skip(
-            f"needs {dist} ({module} is not installed; JST_TESTS_ALLOW_MISSING)",
-            allow_module_level=True,
-        )
-
-
 def onnxruntime_cuda_or_skip() -> None:
     """On a GPU machine whose onnxruntime has no CUDA provider, skip when that is allowed."""
     import onnxruntime
