@@ -163,6 +163,48 @@ def train_throughput() -> str:
     )
 
 
+def train_vs_plain() -> str:
+    """The project's loop against the plain reference (plain_loop.py), one table per
+    device with a committed record."""
+    parts = []
+    for device in ("cpu", "cuda"):
+        if not (RESULTS / f"train_vs_plain_{device}.json").is_file():
+            continue
+        r = result(f"train_vs_plain_{device}")
+        arch = comparison.ARCH_NAMES.get(r["arch"], r["arch"])
+        rows = [
+            ("plain PyTorch loop (reference)", "plain", None),
+            ("project step loop (`train_steps`)", "project_step", "step_over_plain"),
+            ("project `train()` epoch (incl. validation)", "project_epoch", "epoch_over_plain"),
+        ]
+        lines = [
+            f"| {arch}, batch {r['batch_size']}, {r['device'].upper()} | images/s | "
+            "x reference | range over rounds | target |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for label, path, ratio in rows:
+            rate = f"{r[f'{path}_images_per_s']:.0f}"
+            if ratio is None:
+                lines.append(f"| {label} | {rate} | 1.00 | | |")
+                continue
+            met = "met" if r["meets_targets"][ratio] else "**missed**"
+            lines.append(
+                f"| {label} | {rate} | **{r[ratio]:.2f}** | {span(r[f'{ratio}_range'])} "
+                f"| >= {r['targets'][ratio]:.2f} ({met}) |"
+            )
+        n = r["numerics"]
+        lines += [
+            "",
+            f"Medians of {r['rounds_count']} rounds of one epoch each ({r['train_images']} "
+            f"training images, {r['val_images']} validation), order alternating; "
+            f"{n['precision']}, {n['memory_format']}; {machine_text(r['machine'])}; commit "
+            f"{r['commit']}. Command: `{r['command']}`; record: "
+            f"`benchmarks/results/train_vs_plain_{device}.json`.",
+        ]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
 # --- accuracy of bf16 against fp32 (compare_methods.py) -------------------------------
 
 
@@ -544,6 +586,7 @@ BLOCKS: dict[tuple[str, str], Callable[[], str]] = {
     ("docs/performance.md", "amx-speed"): amx_speed,
     ("docs/performance.md", "bf16-accuracy"): bf16_accuracy,
     ("docs/performance.md", "train-throughput"): train_throughput,
+    ("docs/performance.md", "train-vs-plain"): train_vs_plain,
     ("docs/performance.md", "latency"): latency,
     ("docs/performance.md", "latency-model"): latency_model,
     ("docs/performance.md", "latency-budgets"): latency_budgets,

@@ -179,7 +179,7 @@ def test_stage_processes_skip_the_seconds_long_imports():
         "seed_everything(0)\n"
         "assert torch.are_deterministic_algorithms_enabled()\n"
         "assert torch.is_deterministic_algorithms_warn_only_enabled()\n"
-        # the NaN fill of new tensors cost ~10 % of a CPU step (benchmarks/plain_loop.py)
+        # the NaN fill of every new tensor cost a few % of a CPU training step
         "assert not torch._C._get_deterministic_fill_uninitialized_memory()\n"
         "heavy = [m for m in ('torch._inductor', 'torch._dynamo', 'torchvision', 'matplotlib')"
         " if m in sys.modules]\n"
