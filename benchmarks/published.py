@@ -15,7 +15,6 @@ naming each one whose committed text differs (the test suite runs the same check
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from collections.abc import Callable
@@ -23,18 +22,14 @@ from pathlib import Path
 
 import comparison_report as comparison
 import performance_report
+from performance_report import metrics, result
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 COMMAND = "uv run python benchmarks/published.py"
 
 
-def records(name: str) -> dict:
-    return json.loads((RESULTS / f"{name}.json").read_text())
-
-
 def readme_comparison() -> str:
-    store = records("compare_methods")
+    store = result("compare_methods")
     return "\n".join(
         [
             *comparison.headline_table(store),
@@ -45,7 +40,7 @@ def readme_comparison() -> str:
 
 
 def comparison_doc() -> str:
-    store = records("compare_methods")
+    store = result("compare_methods")
     plots = {
         cell: f"comparison_{comparison.cell_name(cell).replace(':', '_')}.png"
         for cell in comparison.cells(store)
@@ -53,13 +48,9 @@ def comparison_doc() -> str:
     return comparison.comparison_markdown(store, plots)
 
 
-def pipeline_metrics(stage: str) -> dict:
-    return json.loads((ROOT / "metrics" / f"{stage}.json").read_text())
-
-
 def quickstart() -> str:
     """The committed metrics of the default pipeline (the last `dvc repro` of the repository)."""
-    search, evaluate = pipeline_metrics("search"), pipeline_metrics("evaluate")
+    search, evaluate = metrics("search"), metrics("evaluate")
     return (
         f"Committed `metrics/` of the last `uv run dvc repro` with the default `params.yaml` "
         f"(`{search['method']}` at `target_flops: {search['target_flops']}`, training in "
@@ -74,9 +65,7 @@ def quickstart() -> str:
 
 
 def cell_rows(arch: str, search: int, finetune: int, precision: str) -> dict:
-    return comparison.cells(records("compare_methods"))[
-        (arch, search, finetune, precision, "flops")
-    ]
+    return comparison.cells(result("compare_methods"))[(arch, search, finetune, precision, "flops")]
 
 
 def long_schedule_seeds() -> str:
@@ -94,7 +83,7 @@ def ablations(precision: str) -> Callable[[], str]:
 
 def search_cost() -> str:
     """A JST search epoch against a dense epoch, timed side by side (search_cost.py)."""
-    r = records("search_cost")
+    r = result("search_cost")
     rounds = r["rounds"]
     wall = sorted(x["ratio"] for x in rounds)
     cpu = sorted(x["cpu_ratio"] for x in rounds)
@@ -122,7 +111,7 @@ def search_cost() -> str:
 def pretrained_start_doc() -> str:
     import pretrained_start
 
-    return pretrained_start.report_text(records("pretrained_start"))
+    return pretrained_start.report_text(result("pretrained_start"))
 
 
 # (file, block name) -> the text between the block's markers
