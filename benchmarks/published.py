@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import comparison_report as comparison
+import experiments_report
 import performance_report
 from performance_report import metrics, result
 
@@ -125,6 +126,7 @@ BLOCKS: dict[tuple[str, str], Callable[[], str]] = {
     ("docs/jst_experiments.md", "ablations-bf16"): ablations("bf16"),
 }
 BLOCKS.update(performance_report.BLOCKS)
+BLOCKS.update(experiments_report.BLOCKS)
 # file -> its whole text
 WHOLE_FILES: dict[str, Callable[[], str]] = {
     "docs/comparison.md": comparison_doc,
