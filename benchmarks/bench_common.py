@@ -18,6 +18,17 @@ VAL_FRACTION = 0.1
 TEST_FRACTION = 0.2
 
 
+DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "cifar10-dev"  # read in place, never copied
+
+
+def add_data_arguments(parser) -> None:
+    """--data, --dataset, --image-size and --arch: what every accuracy benchmark trains on."""
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--dataset", default="imagefolder")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--arch", default="resnet20")
+
+
 def benchmark_split(dataset: str, root: str, image_size: int | None, seed: int) -> PreparedData:
     return load_dataset(
         dataset,

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_common import benchmark_split, finetune, run_provenance
+from bench_common import add_data_arguments, benchmark_split, finetune, run_provenance
 from comparison_report import (
     cell_name,
     cell_of,
@@ -79,10 +79,7 @@ DIAGNOSTICS = {
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--data", default=str(ROOT.parent / "shared/datasets/cifar10-dev"))
-    p.add_argument("--dataset", default="imagefolder")
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--arch", default="resnet20")
+    add_data_arguments(p)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS))
     p.add_argument(
         "--ablation-budgets",

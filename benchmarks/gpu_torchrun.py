@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from bench_common import benchmark_split
+from bench_common import add_data_arguments, benchmark_split
 from search_cost import search_config
 
 from pipeline import distributed
@@ -34,10 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--dataset", default="imagefolder")
-    p.add_argument("--data", default=str(ROOT.parent / "shared/datasets/cifar10-dev"))
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--arch", default="resnet20")
+    add_data_arguments(p)
     p.add_argument("--epochs", type=float, default=4, help="search.epochs of each method")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True)

@@ -24,7 +24,7 @@ import statistics
 import time
 from pathlib import Path
 
-from bench_common import benchmark_split, finetune, run_provenance
+from bench_common import add_data_arguments, benchmark_split, finetune, run_provenance
 from compare_methods import PRECISIONS
 from safetensors.torch import save_file
 
@@ -41,10 +41,7 @@ ARMS = ("own", "supplied")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "cifar10-dev"))
-    p.add_argument("--dataset", default="imagefolder")
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--arch", default="resnet20")
+    add_data_arguments(p)
     p.add_argument("--budget", type=float, default=0.5)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--dense-epochs", type=int, default=30)

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import yaml
-from bench_common import benchmark_split, run_provenance
+from bench_common import add_data_arguments, benchmark_split, run_provenance
 
 from pipeline.config import PipelineConfig, parse_config
 from pipeline.data import PreparedData
@@ -35,10 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--dataset", default="imagefolder")
-    p.add_argument("--data", default=str(ROOT.parent / "shared/datasets/cifar10-dev"))
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--arch", default="resnet20")
+    add_data_arguments(p)
     p.add_argument("--epochs", type=float, default=12, help="search.epochs of the JST run")
     p.add_argument("--dense-epochs", type=int, default=3)
     p.add_argument("--repeats", type=int, default=3)
