@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from pipeline.evaluate import time_interleaved
 from pipeline.pruning.flops import count_flops
 from pipeline.pruning.slicing import build_model
+from tests.benchmarks.conftest import load_benchmark
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "latency.py"
 SHAPE = (3, 8, 8)
 RECORD_KEYS = {
     "backend",
@@ -35,20 +31,12 @@ RECORD_KEYS = {
 }
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("latency_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def measured():
     """The benchmark's own record building on a tiny ResNet-20, timed in PyTorch (an ONNX
     export per model would cost more than this test's budget; test_evaluate.py covers
     the ONNX Runtime sessions and their interleaved timing)."""
-    latency = _load_script()
+    latency = load_benchmark("latency")
     variants = latency.build_variants("resnet20", SHAPE, 3, keeps=(0.5,), round_tos=(4,))
     records = []
     for batch in (1, 2):
