@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from pathlib import Path
 
 import torch
 import torchvision
+from bench_common import run_provenance
 
-from pipeline.provenance import git_state
+from pipeline.models import build_on_meta
 from pipeline.pruning.discovery import discover
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,11 +39,7 @@ MODELS = (
 
 
 def structure(name: str, shape: tuple[int, ...]) -> dict:
-    try:
-        with torch.device("meta"):
-            model = torchvision.models.get_model(name, weights=None, num_classes=10)
-    except NotImplementedError:  # RegNet's constructor reads weights: build it for real
-        model = torchvision.models.get_model(name, weights=None, num_classes=10)
+    model = build_on_meta(lambda: torchvision.models.get_model(name, weights=None, num_classes=10))
     found = discover(model, shape)
     groups = found.layout.groups.values()
     return {
@@ -62,16 +58,10 @@ def main() -> None:
     p.add_argument("--input", type=int, nargs=3, default=[3, 32, 32])
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/discovery.json"))
     args = p.parse_args()
-    git = git_state(ROOT)
     record = {
         "input_shape": args.input,
-        "commit": (git["commit"] or "")[:12] + ("-dirty" if git["dirty"] else ""),
-        "machine": {
-            "device": platform.machine(),
-            "torch": torch.__version__,
-            "torchvision": torchvision.__version__,
-            "python": platform.python_version(),
-        },
+        **run_provenance(torch.device("cpu")),
+        "torchvision": torchvision.__version__,
         "models": [structure(name, tuple(args.input)) for name in MODELS],
     }
     Path(args.out).write_text(json.dumps(record, indent=1) + "\n")

@@ -3,6 +3,7 @@
 from pipeline.models import resnet_cifar, resnet_imagenet, vgg  # noqa: F401  (registration)
 from pipeline.models.registry import (
     available_models,
+    build_on_meta,
     check_model_runs,
     create_model,
     is_hand_written,
@@ -12,6 +13,7 @@ from pipeline.models.registry import (
 
 __all__ = [
     "available_models",
+    "build_on_meta",
     "check_model_runs",
     "create_model",
     "is_hand_written",

@@ -88,6 +88,17 @@ def create_model(name: str, *, num_classes: int, in_channels: int, input_size: i
     return model
 
 
+def build_on_meta(build: Callable[[], nn.Module]) -> nn.Module:
+    """``build()`` on the meta device, where nothing is allocated: enough for the structure
+    (layouts, widths). A constructor that reads a weight's value (RegNet's) cannot run
+    there and is built on the CPU instead."""
+    try:
+        with torch.device("meta"):
+            return build()
+    except (NotImplementedError, RuntimeError):  # "Cannot copy out of meta tensor"
+        return build()
+
+
 def check_model_runs(name: str, *, num_classes: int, in_channels: int, input_size: int) -> None:
     """Build ``name`` and classify a zeros batch in training mode, as training will, so that
     a model that cannot take the data fails before any work with a message saying why."""

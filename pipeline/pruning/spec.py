@@ -148,23 +148,15 @@ def _check_shape(shape: Any, source: str) -> tuple[int, int, int]:
 def _dense_widths(model: str, shape: tuple[int, int, int]) -> dict[str, int]:
     """The dense group widths of ``model``: written by hand or discovered by tracing.
 
-    Only the widths are needed: on the meta device nothing is allocated, and they do not
-    depend on the number of classes. A model whose constructor cannot run on the meta
-    device (it reads a weight's value) is built on the CPU instead.
+    Only the widths are needed (``build_on_meta``), and they do not depend on the number
+    of classes.
     """
-    import torch
-
-    from pipeline.models import create_model
+    from pipeline.models import build_on_meta, create_model
     from pipeline.pruning.discovery import model_layout
 
-    def build():
-        return create_model(model, num_classes=1, in_channels=shape[0], input_size=shape[1])
-
-    try:
-        with torch.device("meta"):
-            dense_model = build()
-    except (NotImplementedError, RuntimeError):  # "Cannot copy out of meta tensor"
-        dense_model = build()
+    dense_model = build_on_meta(
+        lambda: create_model(model, num_classes=1, in_channels=shape[0], input_size=shape[1])
+    )
     return model_layout(dense_model, shape).dense_widths()
 
 

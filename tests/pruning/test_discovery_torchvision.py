@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from pipeline.models import build_on_meta
 from pipeline.pruning.discovery import discover
 from pipeline.pruning.flops import FlopsModel, count_flops
 from pipeline.pruning.gates import gated, keep_masks
@@ -233,11 +234,7 @@ FULL_SIZE = {
 
 @pytest.mark.parametrize("name", sorted(FULL_SIZE))
 def test_real_size_structure(name):
-    try:
-        with torch.device("meta"):
-            model = torchvision.models.get_model(name, weights=None, num_classes=10)
-    except NotImplementedError:  # RegNet's constructor reads weights: build it for real
-        model = torchvision.models.get_model(name, weights=None, num_classes=10)
+    model = build_on_meta(lambda: torchvision.models.get_model(name, weights=None, num_classes=10))
     found = discover(model, SHAPE)
     groups = found.layout.groups.values()
     assert (len(groups), sum(g.coupled for g in groups), len(found.whole)) == FULL_SIZE[name]
