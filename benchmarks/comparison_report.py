@@ -13,6 +13,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from records import machine_text
 from significance import ALPHA, MIN_SEEDS, PairedDifference, mean_std, paired_difference
 
 BASELINES = ("scratch", "l1", "slimming", "random")
@@ -304,18 +305,12 @@ def provenance(rows: dict, store: dict) -> str:
             + ", ".join(committed_in)
             + " (the code that ran is that commit's parent or older)"
         )
-    machines = sorted({describe_machine(r["machine"]) for r in records})
+    machines = sorted({machine_text(r["machine"]) for r in records})
     if len(commits) > 1:
         parts.append("**this cell mixes code versions**")
     elif len(committed_in) > 1 or (commits and committed_in):
         parts.append("**the code may differ between these commits**")
     return f"Records: {len(records)}; {'; '.join(parts)}. Machine: {'; '.join(machines)}."
-
-
-def describe_machine(m: dict) -> str:
-    amx = {True: ", AMX", False: ", no AMX"}.get(m.get("amx"), "")
-    name = m.get("cpu") or m.get("device")
-    return f"{name}{amx}, {m.get('threads', m.get('cpus'))} thread(s), torch {m.get('torch')}"
 
 
 def comparison_markdown(store: dict, plots: dict[tuple, str]) -> str:

@@ -15,7 +15,7 @@ import statistics
 from collections.abc import Callable
 
 import comparison_report as comparison
-from performance_report import result, span
+from records import result, span
 from significance import mean_std
 
 DOC = "docs/jst_experiments.md"

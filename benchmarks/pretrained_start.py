@@ -26,6 +26,7 @@ from pathlib import Path
 
 from bench_common import add_data_arguments, benchmark_split, finetune, run_provenance
 from compare_methods import PRECISIONS
+from records import machine_text
 from safetensors.torch import save_file
 
 from pipeline.config import parse_config
@@ -191,10 +192,8 @@ def write_report(store: dict, args, path: Path) -> None:
     print(f"wrote {path}")
 
 
-def machine_of(runs: list[dict], store: dict) -> str:
-    from comparison_report import describe_machine
-
-    return "; ".join(sorted({describe_machine(r["machine"]) for r in runs}))
+def machine_of(runs: list[dict]) -> str:
+    return "; ".join(sorted({machine_text(r["machine"]) for r in runs}))
 
 
 def report_text(store: dict, args: argparse.Namespace | None = None) -> str:
@@ -210,7 +209,7 @@ def report_text(store: dict, args: argparse.Namespace | None = None) -> str:
         f"(`--arch {args.arch} --budget {args.budget} --dense-epochs {args.dense_epochs} "
         f"--search-epochs {args.search_epochs} --finetune-epochs {args.finetune_epochs} "
         f"--precision {args.precision}`); results: `benchmarks/results/pretrained_start.json`. "
-        f"Machine: {machine_of(runs, store)}. Data: `../shared/datasets/cifar10-dev` "
+        f"Machine: {machine_of(runs)}. Data: `../shared/datasets/cifar10-dev` "
         "(5,085 CIFAR-10 images, 70/10/20 split per seed). `l1` at kept-FLOPs "
         f"{args.budget}; the user's dense model is trained on the seed's training split only "
         "(own initialisation and data order), then handed over as a safetensors file.",

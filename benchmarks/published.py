@@ -23,7 +23,7 @@ from pathlib import Path
 import comparison_report as comparison
 import experiments_report
 import performance_report
-from performance_report import metrics, result
+from records import machine_text, metrics, result
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = "uv run python benchmarks/published.py"
@@ -101,7 +101,7 @@ def search_cost() -> str:
             f"{r['image_size']} px ({r['train_images']} training images), target FLOPs "
             f"{r['target_flops']}, {r['search_epochs']:g} search epochs against "
             f"{r['dense_epochs']} dense epochs per round, the order alternating; {numerics}; "
-            f"{comparison.describe_machine(r['machine'])}; commit {r['commit']}. "
+            f"{machine_text(r['machine'])}; commit {r['commit']}. "
             "Command: `uv run python benchmarks/search_cost.py --repeats "
             f"{len(rounds)} --dense-epochs {r['dense_epochs']}`; record: "
             "`benchmarks/results/search_cost.json`.",
