@@ -45,13 +45,13 @@ from train_throughput import synthetic_cifar
 from pipeline.config import TrainConfig
 from pipeline.models import create_model
 from pipeline.train import (
-    autocast_dtype,
     cosine_lr,
     endless,
     evaluate,
     fixed_shape_speedups,
     make_loader,
     make_optimizer,
+    mixed_precision,
     resolve_device,
     seed_everything,
     train,
@@ -200,7 +200,6 @@ class PlainLoop:
         self.mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
         self.settings = settings
-        self.dtype = autocast_dtype(settings, device)
         self.channels_last = uses_channels_last(settings, device)
         self.generator = torch.Generator(device=device).manual_seed(0)
 
@@ -243,7 +242,7 @@ class PlainLoop:
             x = (x.float().div_(255) - self.mean).div_(self.std)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(self.device, self.dtype):
+            with mixed_precision(self.settings, self.device):
                 loss = F.cross_entropy(
                     model(x), self.labels[index], label_smoothing=self.settings.label_smoothing
                 )
@@ -253,12 +252,6 @@ class PlainLoop:
             scheduler.step()
             loss_sum += loss.detach() * b
         return loss_sum.item() / n  # the epoch's one read back
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 @contextlib.contextmanager
