@@ -37,8 +37,9 @@ from pipeline.errors import ConfigError
 from pipeline.models.registry import PROBE_BATCH  # the one zeros batch models are probed with
 from pipeline.pruning.groups import ChannelGroup, ChannelLayout
 
-# Channel-preserving modules and functions with f(0) == 0: a masked channel stays zero.
-_PASS_MODULES = (
+# Channel-preserving modules and functions. All map 0 to 0 (a masked channel stays zero)
+# except a clamp whose range excludes 0: module_keeps_zero / call_keeps_zero decide.
+PASS_MODULES = (
     nn.ReLU,
     nn.ReLU6,
     nn.LeakyReLU,
@@ -57,7 +58,7 @@ _PASS_MODULES = (
     nn.AdaptiveAvgPool2d,
     nn.AdaptiveMaxPool2d,
 )
-_PASS_FUNCTIONS = {
+PASS_FUNCTIONS = {
     torch.relu,
     torch.tanh,
     F.relu,
@@ -76,7 +77,7 @@ _PASS_FUNCTIONS = {
     F.adaptive_avg_pool2d,
     F.adaptive_max_pool2d,
 }
-_PASS_METHODS = {"relu", "relu_", "tanh", "contiguous"}
+PASS_METHODS = {"relu", "relu_", "tanh", "contiguous"}
 # Channel-preserving, but f(0) != 0: a masked channel comes out non-zero (SE's scales).
 _UNGATING_MODULES = (nn.Sigmoid, nn.Hardsigmoid)
 _UNGATING_FUNCTIONS = {torch.sigmoid, F.sigmoid, F.hardsigmoid}
@@ -348,8 +349,8 @@ class _Analysis:
             self._pass(node, source)
             self.gated[node] = True
             self.layers.append(_Layer(node, name, "bn", self.elem.get(node)))
-        elif isinstance(module, _PASS_MODULES):
-            self._pass(node, source)
+        elif isinstance(module, PASS_MODULES):
+            self._pass(node, source, keeps_zero=module_keeps_zero(module))
         elif isinstance(module, _UNGATING_MODULES):
             self._pass(node, source, keeps_zero=False)
         elif isinstance(module, nn.Flatten):
@@ -409,8 +410,8 @@ class _Analysis:
             self._elementwise(node, joins_sum=True)
         elif (target in _MUL_METHODS) if is_method else (target in _MUL_FUNCTIONS):
             self._elementwise(node, joins_sum=False)
-        elif (target in _PASS_METHODS) if is_method else _is_pass_function(target):
-            self._pass(node, source)
+        elif (target in PASS_METHODS) if is_method else _is_pass_function(target):
+            self._pass(node, source, keeps_zero=call_keeps_zero(node))
         elif (target in _UNGATING_METHODS) if is_method else (target in _UNGATING_FUNCTIONS):
             self._pass(node, source, keeps_zero=False)
         elif target == "flatten" or target is torch.flatten:
@@ -519,8 +520,25 @@ class _Analysis:
         return (*report.values(), *self.indirect)
 
 
+def module_keeps_zero(module: nn.Module) -> bool:
+    """Whether a channel-preserving module maps 0 to 0: a clamp (Hardtanh, ReLU6) only
+    when its range contains 0 (Hardtanh(0.1, 6) lifts a masked channel to 0.1)."""
+    if isinstance(module, nn.Hardtanh):
+        return module.min_val <= 0 <= module.max_val
+    return True
+
+
+def call_keeps_zero(node: fx.Node) -> bool:
+    """Whether a channel-preserving function call maps 0 to 0 (see ``module_keeps_zero``)."""
+    if node.target is F.hardtanh:
+        low = _argument(node, 1, "min_val", -1.0)
+        high = _argument(node, 2, "max_val", 1.0)
+        return isinstance(low, int | float) and isinstance(high, int | float) and low <= 0 <= high
+    return True
+
+
 def _is_pass_function(target) -> bool:
-    if target in _PASS_FUNCTIONS:
+    if target in PASS_FUNCTIONS:
         return True
     # torchvision's stochastic depth (EfficientNet, ConvNeXt): identity in eval, and in
     # training a per-sample factor; matched by name so torchvision need not be imported.
