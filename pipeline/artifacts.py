@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections import OrderedDict
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
@@ -63,8 +64,22 @@ def load_compact(directory: Path) -> tuple[ArchSpec, nn.Module]:
         )
     model = build_model(spec)
     _check_tensors(weights, directory / SPEC_FILE, model.state_dict(), state)
-    model.load_state_dict(state)
+    load_state_dict_with_versions(model, state)
     return spec, model
+
+
+def load_state_dict_with_versions(model: nn.Module, state: dict) -> None:
+    """``model.load_state_dict(state)`` (strict) for a state that may lack the per-module
+    version metadata ``model.state_dict()`` carries (its ``_metadata``). A safetensors file
+    holds tensors only, and some modules refuse to load without their version (torchvision's
+    MNASNet raises ``version should be set to 1 or 2 instead of None``; BatchNorm and others
+    read it to convert old layouts): each module's version is then taken from the module
+    itself, which is what the tensors were saved from. A state that carries its own
+    versions (a torch hub file) keeps them."""
+    if getattr(state, "_metadata", None) is None:
+        state = OrderedDict(state)
+        state._metadata = model.state_dict()._metadata  # type: ignore[attr-defined]
+    model.load_state_dict(state)
 
 
 # Leading bytes of the formats that unpickle on load: a raw pickle (protocol 2+) and the

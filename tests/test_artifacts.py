@@ -71,3 +71,19 @@ def test_failed_save_keeps_the_old_model(tmp_path):
         save_compact(tmp_path / "m", spec, Broken())
     assert (tmp_path / "m" / "weights.safetensors").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_modules_that_need_their_state_dict_version_load_from_safetensors(tmp_path):
+    """safetensors stores no ``_metadata``; torchvision's MNASNet refuses a state without its
+    version ("version should be set to 1 or 2 instead of None"): load_compact restores every
+    module's version from the rebuilt model."""
+    dense = dense_spec("mnasnet0_5", (3, 32, 32), 5)
+    widths = {g: max(1, w // 2) for g, w in dense.widths.items()}
+    spec = ArchSpec(dense.model, dense.input_shape, dense.num_classes, widths)
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    save_compact(tmp_path / "m", spec, model)
+    loaded_spec, loaded = load_compact(tmp_path / "m")
+    assert loaded_spec.sha256 == spec.sha256
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(loaded.eval()(x), model(x), rtol=0, atol=0)
