@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from pipeline.pruning import discovery
-from pipeline.pruning.discovery import call_keeps_zero, discover, module_keeps_zero
+from pipeline.pruning.discovery import discover, rules
+from pipeline.pruning.discovery.rules import call_keeps_zero, module_keeps_zero
 from pipeline.pruning.gates import gated, keep_masks
 from pipeline.pruning.slicing import resize_model, slice_weights
 
@@ -58,7 +58,7 @@ FUNCTION_EXAMPLES = {
 
 
 def test_every_pass_module_is_zero_preserving_exactly_when_discovery_says_so():
-    assert set(MODULE_EXAMPLES) == set(discovery.PASS_MODULES), "give a new entry examples"
+    assert set(MODULE_EXAMPLES) == set(rules.PASS_MODULES), "give a new entry examples"
     for examples in MODULE_EXAMPLES.values():
         for module in examples:
             maps_zero_to_zero = bool((module.train()(ZEROS) == 0).all())
@@ -80,7 +80,7 @@ def _call_node(function, args, kwargs) -> fx.Node:
 
 
 def test_every_pass_function_is_zero_preserving_exactly_when_discovery_says_so():
-    assert set(FUNCTION_EXAMPLES) == set(discovery.PASS_FUNCTIONS), "give a new entry examples"
+    assert set(FUNCTION_EXAMPLES) == set(rules.PASS_FUNCTIONS), "give a new entry examples"
     for function, calls in FUNCTION_EXAMPLES.items():
         for args, kwargs in calls:
             maps_zero_to_zero = bool((function(ZEROS, *args, **kwargs) == 0).all())
@@ -89,7 +89,7 @@ def test_every_pass_function_is_zero_preserving_exactly_when_discovery_says_so()
 
 
 def test_every_pass_method_maps_zero_to_zero():
-    for method in discovery.PASS_METHODS:
+    for method in rules.PASS_METHODS:
         assert (getattr(ZEROS.clone(), method)() == 0).all(), method
 
 

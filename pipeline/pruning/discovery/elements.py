@@ -1,0 +1,185 @@
+"""Channel grouping: a union-find over channel elements, filled by the operator rules.
+
+Every tensor's channels (dim 1) are an *element*; the rules (``rules.py``) create, pass on
+and unite elements node by node. Each resulting class is one channel group, or *whole*
+(never sliced) with the reasons it is not provably safe to prune. Every tensor also carries
+a *gated* flag: whether a 0/1 mask on its group's gates leaves its masked channels exactly
+zero, which a channel-mixing layer reading it needs (see docs/discovery.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import fx, nn
+
+from pipeline.pruning.discovery.tracing import DiscoveryError, channels, describe
+
+OUTPUT_REASON = "the network output (the classes)"
+NO_BATCHNORM = "no BatchNorm carries these channels (gates need one)"
+# The layers a layout wires; each must be called by the traced forward pass.
+LAYER_TYPES = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
+
+
+class UnionFind:
+    """Channel elements; each class is a group, whole (with reasons) or prunable."""
+
+    def __init__(self):
+        self.parent: list[int] = []
+        self.width: list[int] = []
+        self.producer: list[str | None] = []  # the conv/linear that made the element
+        self.reasons: dict[int, list[str]] = {}
+        self.coupled: set[int] = set()
+
+    def new(self, width: int, producer: str | None = None) -> int:
+        self.parent.append(len(self.parent))
+        self.width.append(width)
+        self.producer.append(producer)
+        return len(self.parent) - 1
+
+    def find(self, e: int) -> int:
+        while self.parent[e] != e:
+            self.parent[e] = self.parent[self.parent[e]]
+            e = self.parent[e]
+        return e
+
+    def union(self, a: int, b: int) -> int:
+        ra, rb = sorted((self.find(a), self.find(b)))
+        if ra != rb:
+            self.parent[rb] = ra
+            self.reasons.setdefault(ra, []).extend(self.reasons.pop(rb, []))
+            if rb in self.coupled:
+                self.coupled.add(ra)
+        return ra
+
+    def make_whole(self, e: int, reason: str) -> None:
+        self.reasons.setdefault(self.find(e), []).append(reason)
+
+    def is_whole(self, e: int) -> bool:
+        return bool(self.reasons.get(self.find(e)))
+
+
+@dataclass
+class Layer:
+    node: fx.Node
+    module: str
+    kind: str  # "conv", "dwconv", "linear" or "bn"
+    out_elem: int | None
+    in_elem: int | None = None
+
+
+@dataclass
+class Analysis:
+    """The state of one walk over the graph: an element and a gated flag per tensor node,
+    and every conv/linear/BN met. The rules change it only through the methods below."""
+
+    modules: dict[str, nn.Module]
+    uf: UnionFind = field(default_factory=UnionFind)
+    elem: dict[fx.Node, int] = field(default_factory=dict)
+    gated: dict[fx.Node, bool] = field(default_factory=dict)
+    layers: list[Layer] = field(default_factory=list)
+    calls: dict[str, int] = field(default_factory=dict)
+    adds: set[fx.Node] = field(default_factory=set)
+    ungated_reads: list[tuple[str, int]] = field(default_factory=list)
+    indirect: list[tuple[str, str]] = field(default_factory=list)  # (layer, reason): whole
+
+    def whole(self, node: fx.Node, reason: str) -> None:
+        """Leave the channels of ``node``'s tensor whole, for ``reason``."""
+        if node in self.elem:
+            self.uf.make_whole(self.elem[node], reason)
+
+    def fresh(self, node: fx.Node, whole_reason: str | None = None) -> None:
+        """``node``'s channels are a new element (whole when a reason is given)."""
+        width = channels(node)
+        if width is None:
+            return
+        self.elem[node] = self.uf.new(width)
+        self.gated[node] = False
+        if whole_reason:
+            self.uf.make_whole(self.elem[node], whole_reason)
+
+    def produce(self, node: fx.Node, layer: str, kind: str, source: fx.Node | None) -> None:
+        """A channel-mixing layer makes ``node``'s channels from ``source``'s."""
+        self.read(layer, source)
+        self.elem[node] = self.uf.new(channels(node), layer)
+        self.gated[node] = False
+        self.layers.append(Layer(node, layer, kind, self.elem[node], self.elem.get(source)))
+
+    def pass_on(self, node: fx.Node, source: fx.Node | None, *, keeps_zero: bool = True) -> None:
+        """``node`` carries ``source``'s channels one to one (gated if f(0) == 0)."""
+        if source not in self.elem or channels(node) != channels(source):
+            self.unknown(node, "changes the channel count")
+            return
+        self.elem[node] = self.elem[source]
+        self.gated[node] = keeps_zero and self.gated[source]
+
+    def unknown(self, node: fx.Node, why: str = "may mix channels") -> None:
+        """An op that may mix channels: its inputs and its output are whole."""
+        reason = f"{describe(node)} {why}"
+        for source in node.all_input_nodes:
+            self.whole(source, reason)
+        self.fresh(node, reason)
+
+    def unknown_layer(self, node: fx.Node, layer: str, kind: str, why: str) -> None:
+        """A conv/linear that cannot be sliced: wired fixed, its output reported whole."""
+        source = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+        in_elem = self.elem.get(source)
+        self.unknown(node, why)
+        if node in self.elem:
+            self.uf.producer[self.elem[node]] = layer
+        self.layers.append(Layer(node, layer, kind, self.elem.get(node), in_elem))
+
+    def read(self, layer: str, source: fx.Node | None) -> None:
+        """A channel-mixing layer reads ``source``: it must be gated if its group is pruned."""
+        if source in self.elem and not self.gated[source]:
+            self.ungated_reads.append((layer, self.elem[source]))
+
+    # -- after the walk
+    def finish(self) -> None:
+        """Leave whole what cannot be gated: no BN, or read by a layer without a gate."""
+        carried = {
+            self.uf.find(x.out_elem)
+            for x in self.layers
+            if x.kind == "bn" and x.out_elem is not None
+        }
+        for layer in self.layers:
+            for e in (layer.out_elem, layer.in_elem):
+                if e is not None and self.uf.find(e) not in carried:
+                    self.uf.make_whole(e, NO_BATCHNORM)
+        for layer, e in self.ungated_reads:
+            self.uf.make_whole(e, f"{layer} reads them without a BatchNorm gate in between")
+
+    def whole_report(self) -> tuple[tuple[str, str], ...]:
+        """(first producing layer, first reason) of every whole class, then the layers used
+        only indirectly; the classes (network output) are fixed by nature, not reported."""
+        report = {}
+        for e, producer in enumerate(self.uf.producer):
+            root = self.uf.find(e)
+            reasons = self.uf.reasons.get(root, [])
+            if OUTPUT_REASON in reasons:
+                continue
+            if producer is not None and reasons and root not in report:
+                report[root] = (producer, reasons[0])
+        return (*report.values(), *self.indirect)
+
+
+def check_every_layer_reached(model: nn.Module, graph: fx.Graph, analysis: Analysis) -> None:
+    """Every conv/linear/BN must be called by the forward pass, or be used inside a layer
+    the trace keeps whole (an attention module) or through its parameters (F.linear):
+    those are never sliced and are reported whole; a layer not used at all is an error."""
+    parameters = [str(n.target) for n in graph.nodes if n.op == "get_attr"]
+    missing = []
+    for name, m in model.named_modules():
+        if not isinstance(m, LAYER_TYPES) or name in analysis.calls:
+            continue
+        inside_called = any(name.startswith(f"{called}.") for called in analysis.calls)
+        if inside_called or any(p.startswith(f"{name}.") for p in parameters):
+            analysis.indirect.append((name, "used inside another layer or by its parameters"))
+        else:
+            missing.append(name)
+    if missing:
+        raise DiscoveryError(
+            f"{type(model).__name__}: layer(s) {missing[:5]} are never used by the traced "
+            "forward pass, so their channels cannot be placed in a group; remove unused "
+            "layers (e.g. auxiliary heads) from the model or give it a channel_layout()."
+        )
