@@ -23,6 +23,7 @@ from pipeline.config import PipelineConfig
 from pipeline.data import PreparedData
 from pipeline.errors import ConfigError
 from pipeline.hardware import deployment_channel_block
+from pipeline.pruning.budget import check_anything_prunable, check_feasible
 from pipeline.pruning.flops import FlopsModel
 from pipeline.pruning.groups import ChannelLayout, KeptChannels
 from pipeline.pruning.slicing import (
@@ -141,10 +142,35 @@ def dense_setup(ctx: SearchContext) -> DenseSetup:
         what = f"model {cfg.model.arch!r} for {c}x{h}x{w} images and {classes} classes"
         load_weights(dense.model, cfg.model.weights, what)
     setup = flops_setup(dense, s.prune_residual, s.target_flops)
+    coupled = [name for name, group in setup.layout.groups.items() if group.coupled]
+    residual = [] if s.prune_residual else coupled  # what prune_residual: true would add
+    whole = None if is_hand_written(cfg.model.arch) else _left_whole(setup.model, (c, h, w))
+    reachable = {"model": cfg.model.arch, "residual_groups": residual, "left_whole": whole}
     if s.target_latency is not None:
+        # Before the latency model is measured (minutes): nothing to prune, nothing to time.
+        check_anything_prunable(
+            setup.groups, s.target_latency, "search.target_latency", **reachable
+        )
         latency = deployment_latency_model(cfg, setup.model, setup.layout, setup.spec, setup.groups)
         setup.budget = Budget(latency, s.target_latency)
+    # Before any training: a budget no widths can meet is refused now, saying why.
+    check_feasible(
+        setup.budget.cost, setup.groups, setup.budget.target, s.k_min, s.round_to, **reachable
+    )
     return setup
+
+
+def _left_whole(model: nn.Module, input_shape) -> Callable[[], list[str]]:
+    """What discovery leaves whole in ``model`` and why ("module: reason"), traced again
+    only when a message needs it."""
+
+    def reasons() -> list[str]:
+        from pipeline.pruning.discovery import discover
+
+        found = discover(model, input_shape).whole
+        return [f"the channels of {module!r} ({reason})" for module, reason in found]
+
+    return reasons
 
 
 def flops_setup(dense: DenseModel, prune_coupled: bool, target_flops: float) -> DenseSetup:

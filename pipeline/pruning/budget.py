@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from pipeline.errors import PipelineError
+from pipeline.errors import ConfigError
 from pipeline.pruning.flops import FlopsModel
 
 Widths = dict[str, int]
@@ -50,16 +50,102 @@ def bisect(predicate: Callable[[float], bool], lo: float = 0.0, hi: float = 1.0,
     return lo
 
 
-def check_feasible(flops: FlopsModel, groups: Sequence[str], target: float, k_min: int, round_to=1):
-    smallest = uniform_widths(flops, groups, 0.0, k_min, round_to)
-    floor_ratio = flops.ratio(smallest)
-    if floor_ratio > target:
-        knob = f"search.target_{flops.name}"
-        raise PipelineError(
-            f"{knob}={target} cannot be met: even keeping only k_min={k_min} channels per "
-            f"prunable group keeps {floor_ratio:.3f} of the {flops.name}. Raise {knob}, "
-            "lower search.k_min or search.round_to, or set search.prune_residual: true."
+def check_feasible(
+    cost: FlopsModel,
+    groups: Sequence[str],
+    target: float,
+    k_min: int,
+    round_to: int = 1,
+    *,
+    model: str | None = None,
+    residual_groups: Sequence[str] = (),
+    left_whole: Callable[[], Sequence[str]] | None = None,
+) -> None:
+    """Refuse a budget that no choice of widths can meet, before any work, saying why.
+
+    ``cost`` is the budget's cost model (FLOPs or latency: ``cost.name``), ``groups`` the
+    groups the method may prune. ``model`` names the model in the message;
+    ``residual_groups`` are the coupled groups that ``search.prune_residual: true`` would add
+    (empty when it is true already): the message suggests it only when they would lower
+    the floor. ``left_whole`` lists, when asked (only on failure: it may trace the model),
+    the channels the model leaves whole and why.
+    """
+    knob = f"search.target_{cost.name}"
+    subject = f"model {model!r}" if model else "the model"
+    if not groups:
+        check_anything_prunable(groups, target, knob, model, residual_groups, left_whole)
+        return
+    floor_ratio = cost.ratio(uniform_widths(cost, groups, 0.0, k_min, round_to))
+    if floor_ratio <= target:
+        return
+    fixes = [f"raise {knob} to {math.ceil(floor_ratio * 1000) / 1000:.3f} or more"]
+    coarse = [
+        f"search.{knob_name} (now {value})"
+        for knob_name, value in (("k_min", k_min), ("round_to", round_to))
+        if value > 1
+    ]
+    if coarse:
+        finest = cost.ratio(uniform_widths(cost, groups, 0.0, 1, 1))
+        if finest < floor_ratio:
+            fixes.append(f"lower {' or '.join(coarse)}: at 1 the floor is {finest:.3f}")
+    if residual_groups:
+        every = [*groups, *(g for g in residual_groups if g not in groups)]
+        with_residual = cost.ratio(uniform_widths(cost, every, 0.0, k_min, round_to))
+        if with_residual < floor_ratio:
+            fixes.append(
+                "set search.prune_residual: true (it adds the residual groups: the floor "
+                f"becomes {with_residual:.3f})"
+            )
+    whole = ""
+    if left_whole is not None and (reasons := list(left_whole())):
+        whole = f" Left whole: {_first_few(reasons)}."
+    raise ConfigError(
+        f"{knob}={target} cannot be met for {subject}: even with each of its {len(groups)} "
+        f"prunable channel group(s) cut to its floor (search.k_min={k_min} rounded up to "
+        f"search.round_to={round_to}) it keeps {floor_ratio:.3f} of the {_measure(cost)}, since "
+        f"the rest of the network is never pruned.{whole} To fix: {'; or '.join(fixes)}."
+    )
+
+
+def check_anything_prunable(
+    groups: Sequence[str],
+    target: float,
+    knob: str,
+    model: str | None = None,
+    residual_groups: Sequence[str] = (),
+    left_whole: Callable[[], Sequence[str]] | None = None,
+) -> None:
+    """Refuse a budget below 1 (``knob``'s value ``target``) when ``groups`` is empty:
+    every method would keep the dense network. Needs no cost model, so a latency budget
+    is refused before its latency model is measured."""
+    if groups or target >= 1:
+        return
+    subject = f"model {model!r}" if model else "the model"
+    if residual_groups:
+        why = (
+            f"its only channel groups ({len(residual_groups)}) are joined by residual "
+            "additions and search.prune_residual is false"
         )
+        fix = "set search.prune_residual: true, or choose another model"
+    else:
+        why = "it has no channel group that can be pruned exactly"
+        fix = "choose another model (`jst models` lists those verified)"
+    reasons = list(left_whole()) if left_whole is not None else []
+    if reasons:
+        why += f"; left whole: {_first_few(reasons)}"
+    raise ConfigError(
+        f"{knob}={target} cannot be met for {subject}: nothing in it is prunable ({why}), "
+        f"so every method would keep the dense network. {fix[0].upper()}{fix[1:]}."
+    )
+
+
+def _measure(cost) -> str:
+    return "FLOPs" if cost.name == "flops" else cost.name
+
+
+def _first_few(items: Sequence[str], shown: int = 3) -> str:
+    more = len(items) - shown
+    return "; ".join(items[:shown]) + (f"; and {more} more" if more > 0 else "")
 
 
 def fill_to_budget(
