@@ -57,8 +57,20 @@ class DataConfig(_Section):
     root: str = "data/raw"
     download: bool = False
     image_size: int | None = Field(16, ge=4, le=1024)
+    crop_ratio: float | None = Field(None, gt=0, le=1)
     val_fraction: float = Field(0.15, gt=0, lt=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)
+    max_memory_mb: int = Field(4096, ge=1, le=1_048_576)
+    max_side: int = Field(512, ge=4, le=16384)
+
+    @model_validator(mode="after")
+    def _crop_ratio_for_folders(self) -> DataConfig:
+        if self.crop_ratio is not None and (self.dataset != "imagefolder" or not self.image_size):
+            raise ValueError(
+                "data.crop_ratio applies to imagefolder data with an image_size; set it to null "
+                "for this data set (or set data.image_size)"
+            )
+        return self
 
     @field_validator("dataset")
     @classmethod
@@ -105,13 +117,33 @@ class ModelConfig(_Section):
 class AugmentConfig(_Section):
     crop_padding: int = Field(1, ge=0, le=64)
     hflip: bool = False
+    random_resized_crop: tuple[float, float] | None = None
+
+    @model_validator(mode="after")
+    def _one_crop(self) -> AugmentConfig:
+        scale = self.random_resized_crop
+        if scale is None:
+            return self
+        if not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError(
+                f"train.augment.random_resized_crop = {list(scale)} is invalid; give the area "
+                f"fraction range [min, max] with 0 < min <= max <= 1, e.g. [0.08, 1.0]"
+            )
+        if self.crop_padding:
+            raise ValueError(
+                "train.augment.random_resized_crop replaces the padded crop; set "
+                "train.augment.crop_padding: 0 with it"
+            )
+        return self
 
 
 class TrainConfig(_Section):
-    """Training settings shared by every phase. Under ``auto`` the speed knobs (precision,
-    memory_format) pick bf16 autocast and channels_last where they were measured faster:
-    CUDA GPUs and CPUs with bf16 matrix units (AMX); elsewhere fp32, contiguous. Choices
-    are words, not on/off, because YAML reads a bare on/off as a boolean."""
+    """Training settings shared by every phase. ``precision`` defaults to fp32: the same
+    numerics whether or not the CPU has bf16 matrix units, so a clean clone's ``dvc repro``
+    rebuilds the committed architecture (bf16 rounds differently and steers the search
+    elsewhere). ``auto`` picks bf16 autocast where it was measured faster, CUDA GPUs and
+    CPUs with AMX, and fp32 elsewhere; ``memory_format: auto`` is channels_last where
+    training runs in bf16. Choices are words, not on/off (YAML reads on/off as booleans)."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = Field(64, ge=1, le=65536)
@@ -119,10 +151,11 @@ class TrainConfig(_Section):
     weight_decay: float = Field(5e-4, ge=0, lt=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     augment: AugmentConfig = AugmentConfig()
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = "fp32"
     memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
     compile: bool = False
     gpu_data_max_mb: int = Field(4096, ge=0, le=1_048_576)
+    workers: int = Field(2, ge=0, le=256)
 
 
 class SlimmingConfig(_Section):

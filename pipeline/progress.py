@@ -39,3 +39,28 @@ def epoch_progress(desc: str, total: int, start: int = 0) -> Iterator[Callable[[
                 console.log(f"{desc} {progress.tasks[0].completed:.0f}/{total} {summary}")
 
         yield advance
+
+
+@contextmanager
+def count_progress(desc: str) -> Iterator[Callable[[int, int], None]]:
+    """Yields ``update(done, total)`` for work counted in units (shards, files): a bar on
+    a terminal, else a log line at every tenth of the total and at the end."""
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not console.is_terminal,
+        transient=False,
+    )
+    with progress:
+        task = progress.add_task(desc, total=None, visible=False)
+
+        def update(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total, visible=True)
+            step = max(1, total // 10)
+            if not console.is_terminal and (done % step == 0 or done == total):
+                console.log(f"{desc} {done}/{total}")
+
+        yield update

@@ -22,7 +22,14 @@ from torch.nn import functional as F
 from pipeline import distributed
 from pipeline.checkpoint import Checkpoint
 from pipeline.config import TrainConfig
-from pipeline.data import Augment, BatchLoader, PreparedData, Split
+from pipeline.data import (
+    Augment,
+    BatchLoader,
+    ImageSplit,
+    PreparedData,
+    ShardedSplit,
+    StreamingLoader,
+)
 from pipeline.errors import LOSS_RISE_FACTOR, SANE_LOGIT_BOUND, PipelineError, TrainingDiverged
 from pipeline.progress import console, epoch_progress
 
@@ -95,9 +102,13 @@ def autocast_dtype(settings: TrainConfig, device: torch.device) -> torch.dtype |
 
 
 def uses_channels_last(settings: TrainConfig, device: torch.device) -> bool:
-    """Whether ``train.memory_format`` puts batches in channels_last on ``device``."""
+    """Whether ``train.memory_format`` puts batches in channels_last on ``device``: ``auto``
+    follows the precision, channels_last where training runs in bf16. fp32 training then
+    runs the same contiguous kernels on every CPU, AMX or not (the shipped default)."""
     fmt = settings.memory_format
-    return fmt == "channels_last" or (fmt == "auto" and _fast_device(device))
+    return fmt == "channels_last" or (
+        fmt == "auto" and autocast_dtype(settings, device) is not None
+    )
 
 
 def training_numerics(settings: TrainConfig, device: torch.device) -> dict[str, str]:
@@ -147,23 +158,46 @@ def make_loader(
     seed: int,
     device,
     *,
-    split: Split | None = None,
+    split: ImageSplit | None = None,
     augment: bool = True,
-) -> BatchLoader:
+    rank_share: bool = True,
+) -> BatchLoader | StreamingLoader:
     """Shuffled batches of ``split`` (the training split by default) at
     ``train.batch_size``, augmented as ``train.augment`` says unless ``augment`` is off.
 
     Every training-side loader is made here, so that batch size, augmentation and the
-    GPU residency limit mean one thing; the order depends only on ``seed``.
+    GPU residency limit mean one thing; the order depends only on ``seed``. Streamed data
+    give each rank of a data-parallel run its own share of every batch; ``rank_share``
+    off gives every rank the same batches (BN re-estimation, candidate scoring).
     """
     a = settings.augment
+    chosen = data.train if split is None else split
+    augmentation = None
+    if augment:
+        scale = tuple(a.random_resized_crop) if a.random_resized_crop else None
+        augmentation = Augment(a.crop_padding, a.hflip, scale)
+    if isinstance(chosen, ShardedSplit):
+        ranks = (distributed.rank(), distributed.world_size()) if rank_share else (0, 1)
+        return StreamingLoader(
+            chosen,
+            data.mean,
+            data.std,
+            batch_size=settings.batch_size,
+            shuffle=True,
+            augment=augmentation,
+            seed=seed,
+            device=device,
+            workers=settings.workers,
+            rank=ranks[0],
+            world=ranks[1],
+        )
     return BatchLoader(
-        data.train if split is None else split,
+        chosen,
         data.mean,
         data.std,
         batch_size=settings.batch_size,
         shuffle=True,
-        augment=Augment(a.crop_padding, a.hflip) if augment else None,
+        augment=augmentation,
         seed=seed,
         device=device,
         max_resident_bytes=gpu_data_limit(settings, torch.device(device)),
@@ -173,29 +207,41 @@ def make_loader(
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    split: Split,
+    split: ImageSplit,
     data: PreparedData,
     device,
     batch_size=512,
     max_resident_bytes: int | None = None,
+    workers: int = TrainConfig().workers,
 ) -> dict:
     """Mean cross-entropy and top-1 accuracy (a fraction) of ``model`` on ``split``."""
-    loader = BatchLoader(
-        split,
-        data.mean,
-        data.std,
-        batch_size=batch_size,
-        shuffle=False,
-        device=device,
-        max_resident_bytes=max_resident_bytes,
-    )
+    if isinstance(split, ShardedSplit):
+        loader = StreamingLoader(
+            split,
+            data.mean,
+            data.std,
+            batch_size=batch_size,
+            shuffle=False,
+            device=device,
+            workers=workers,
+        )
+    else:
+        loader = BatchLoader(
+            split,
+            data.mean,
+            data.std,
+            batch_size=batch_size,
+            shuffle=False,
+            device=device,
+            max_resident_bytes=max_resident_bytes,
+        )
     model.eval()
     loss_sum, correct = 0.0, 0
     for x, y in loader:
         logits = model(x)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += int((logits.argmax(1) == y).sum())
-    n = len(split.labels)
+    n = len(split)
     return {"loss": loss_sum / n, "top1": correct / n}
 
 
@@ -235,8 +281,9 @@ class DivergenceCheck:
 def train_one_epoch(
     model, loader, optimizer, scheduler, settings, regularizer=None, check=None
 ) -> dict:
+    batches = Batches(iter(loader), getattr(loader, "rank_local", False))
     return train_steps(
-        model, iter(loader), len(loader), optimizer, settings, scheduler, regularizer, check
+        model, batches, len(loader), optimizer, settings, scheduler, regularizer, check
     )
 
 
@@ -352,10 +399,15 @@ def _train_steps_sharded(
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     logit_max = torch.zeros((), dtype=torch.float64, device=device)  # this rank's
     first_loss, classes = None, 0
+    rank_local = getattr(batches, "rank_local", False)
     with distributed.global_batch_norm(model):
         for step, (x, y) in zip(range(steps), batches, strict=False):
-            count = len(y)
-            x, y = batch_layout(distributed.shard(x), settings), distributed.shard(y)
+            if rank_local:  # equal shares of the global batch (StreamingLoader)
+                count = len(y) * world
+            else:
+                count = len(y)
+                x, y = distributed.shard(x), distributed.shard(y)
+            x = batch_layout(x, settings)
             with mixed_precision(settings, device):
                 logits = model(x)
                 loss = distributed.sharded_loss(logits, y, count, settings.label_smoothing)
@@ -431,17 +483,37 @@ def calibration_batches(
 ) -> list[torch.Tensor]:
     """``count`` un-augmented training batches for ``recalibrate_bn``, drawn with their own
     generator (the global RNG, which training draws from, is not touched)."""
-    loader = make_loader(data, settings, seed * 7919 + 3, device, augment=False)
+    loader = make_loader(data, settings, seed * 7919 + 3, device, augment=False, rank_share=False)
     return [x for _, (x, _) in zip(range(count), loader, strict=False)]
 
 
-def endless(loader):
+@dataclass
+class Batches:
+    """An iterator of batches that says whether they are this rank's share of each global
+    batch (streamed data) or the global batch itself (in-memory data: ``train_steps``
+    slices it)."""
+
+    iterator: Iterator[tuple[torch.Tensor, torch.Tensor]]
+    rank_local: bool = False
+
+    def __iter__(self) -> Batches:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return next(self.iterator)
+
+
+def endless(loader) -> Batches:
     """Batches across epoch boundaries (each pass reshuffles), for step-based training."""
-    epoch = 0
-    while True:
-        loader.set_epoch(epoch)
-        yield from loader
-        epoch += 1
+
+    def passes():
+        epoch = 0
+        while True:
+            loader.set_epoch(epoch)
+            yield from loader
+            epoch += 1
+
+    return Batches(passes(), getattr(loader, "rank_local", False))
 
 
 def train(

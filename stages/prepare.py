@@ -1,8 +1,10 @@
-"""Stage 1, prepare: load the data set, split it (seeded, stratified), store the splits."""
+"""Stage 1, prepare: load the data set, split it (seeded, stratified), store the splits:
+in memory when they fit data.max_memory_mb decoded, else as shards that training streams."""
 
 from __future__ import annotations
 
-from pipeline.data import describe, load_dataset, save_prepared
+from pipeline.data import describe, prepare_dataset
+from pipeline.progress import console, count_progress
 from stages.common import (
     METRICS_DIR,
     PREPARED_DIR,
@@ -19,25 +21,37 @@ def main() -> None:
     cfg = start("prepare")
     d = cfg.data
     root = ROOT / d.root
-    # Loading checks every folder and image: a bad data set fails before any run opens.
-    data = load_dataset(
-        d.dataset,
-        root,
-        download=d.download,
-        image_size=d.image_size,
-        val_fraction=d.val_fraction,
-        test_fraction=d.test_fraction,
-        seed=cfg.seed,
-    )
+    # Every folder and image is checked first: a bad data set fails before any run opens,
+    # and a sharded write killed half-way resumes from its finished shards.
+    with count_progress("prepare: shards written") as shard_done:
+        data = prepare_dataset(
+            d.dataset,
+            root,
+            PREPARED_DIR,
+            download=d.download,
+            image_size=d.image_size,
+            crop_ratio=d.crop_ratio,
+            max_side=d.max_side,
+            max_memory_mb=d.max_memory_mb,
+            val_fraction=d.val_fraction,
+            test_fraction=d.test_fraction,
+            seed=cfg.seed,
+            on_shard=shard_done,
+        )
     inputs = [] if d.dataset == "digits" else [root]  # digits ship inside scikit-learn
     with tracked_stage(cfg, "prepare", inputs) as run:
         stats = describe(data)
-        save_prepared(data, PREPARED_DIR)
-        write_json(METRICS_DIR / "prepare.json", stats)
+        write_json(METRICS_DIR / "prepare.json", {"sizes": stats["sizes"]})
         run.log_params({f"data.{k}": v for k, v in d.model_dump().items()})
         run.log_metrics({f"{name}_size": n for name, n in stats["sizes"].items()})
         run.log_dict(stats, "data_stats.json")
         log_prepared_dataset(run, cfg, "prepare")  # hashed as DVC will record it
+    sizes = " / ".join(str(n) for n in stats["sizes"].values())
+    form = "shards, streamed" if data.streamed else "in memory"
+    console.log(
+        f"prepare: {d.dataset}, {stats['num_classes']} classes, train/val/test {sizes} images "
+        f"of {'x'.join(map(str, data.input_shape))} ({form}) in {PREPARED_DIR.name}/"
+    )
 
 
 if __name__ == "__main__":

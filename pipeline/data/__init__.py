@@ -1,12 +1,14 @@
-"""Data sets as in-memory uint8 splits: loading, splitting, storage and batching.
+"""Data sets as uint8 splits, in memory or streamed from shards: loading, splitting,
+storage and batching.
 
 See docs/CONTRACTS.md (pipeline/data) for the contract other modules rely on.
 """
 
-from pipeline.data.datasets import DATASETS, load_dataset, resize_images
+from pipeline.data.datasets import DATASETS, load_dataset, prepare_dataset, resize_images
 from pipeline.data.loader import Augment, BatchLoader, augment_batch
 from pipeline.data.prepared import (
     SPLIT_NAMES,
+    ImageSplit,
     PreparedData,
     Split,
     channel_stats,
@@ -15,14 +17,18 @@ from pipeline.data.prepared import (
 )
 from pipeline.data.splits import check_fractions, stratified_split
 from pipeline.data.storage import load_prepared, save_prepared
+from pipeline.data.streaming import ShardedSplit, StreamingLoader
 
 __all__ = [
     "DATASETS",
     "SPLIT_NAMES",
     "Augment",
     "BatchLoader",
+    "ImageSplit",
     "PreparedData",
+    "ShardedSplit",
     "Split",
+    "StreamingLoader",
     "augment_batch",
     "channel_stats",
     "check_fractions",
@@ -30,6 +36,7 @@ __all__ = [
     "load_dataset",
     "load_prepared",
     "normalize",
+    "prepare_dataset",
     "resize_images",
     "save_prepared",
     "stratified_split",

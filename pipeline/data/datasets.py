@@ -7,6 +7,7 @@ per-channel mean/std on the train split.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +19,21 @@ from pipeline.data.imagefolder import (
     FolderScan,
     ImageFiles,
     check_images,
+    header_size,
     read_images,
     scan_image_folder,
 )
-from pipeline.data.prepared import PreparedData, Split, channel_stats
+from pipeline.data.prepared import SPLIT_NAMES, PreparedData, Split, channel_stats
+from pipeline.data.shards import (
+    ImageSource,
+    ShardLayout,
+    SplitSource,
+    publish,
+    shard_samples,
+    write_shards,
+)
 from pipeline.data.splits import check_fractions, stratified_split
+from pipeline.data.storage import META_FILE, load_prepared, save_prepared, sharded_meta
 from pipeline.errors import DataError
 
 DATASETS = ("digits", *CIFAR_NAMES, "imagefolder")
@@ -59,6 +70,119 @@ def load_dataset(
     return _load_image_folder(root_path, image_size, val_fraction, test_fraction, seed)
 
 
+def prepare_dataset(
+    name: str,
+    root: str | Path | None,
+    directory: str | Path,
+    *,
+    download: bool = False,
+    image_size: int | None = None,
+    crop_ratio: float | None = None,
+    max_side: int = 512,
+    max_memory_mb: float = 4096,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    on_shard: Callable[[int, int], None] | None = None,
+) -> PreparedData:
+    """Load, split and store data set ``name`` in ``directory``; returns it as stored.
+
+    Splits whose decoded images (at ``image_size``) fit ``max_memory_mb`` are stored as
+    one tensor file and loaded whole; larger ones become shards of encoded images
+    (``pipeline.data.shards``), at most ``max_side`` pixels on their longer side, that
+    training streams. ``crop_ratio`` (image folders): see ``fit_image``. ``on_shard(done,
+    total)`` reports the progress of a sharded write. Every image is checked before
+    anything is published; a killed sharded write resumes when run again.
+    """
+    directory = Path(directory)
+    budget = max_memory_mb * 2**20
+    if name != "imagefolder":
+        data = load_dataset(
+            name,
+            root,
+            download=download,
+            image_size=image_size,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            seed=seed,
+        )
+        if _decoded_bytes(data) <= budget:
+            save_prepared(data, directory)
+        else:
+            sources = {
+                split: SplitSource(
+                    ImageSource(arrays=data.split(split).images.numpy()),
+                    data.split(split).labels.numpy(),
+                )
+                for split in SPLIT_NAMES
+            }
+            channels, size, _ = data.input_shape
+            layout = ShardLayout(channels, size, None, max(max_side, size))
+            _write_sharded(name, data.classes, sources, layout, directory, on_shard)
+        return load_prepared(directory)
+    _check_image_size(image_size)
+    scan = scan_image_folder(_require_root(root))
+    files = _assign_files(scan, val_fraction, test_fraction, seed)
+    check_images([path for part in files.values() for path in part.paths], image_size)
+    side = image_size or _header_side(files["train"].paths[0])
+    if sum(len(part.paths) for part in files.values()) * 3 * side * side <= budget:
+        splits = {
+            split: (read_images(part.paths, image_size, crop_ratio), part.labels)
+            for split, part in files.items()
+        }
+        save_prepared(_assemble("imagefolder", scan.classes, splits, None), directory)
+        return load_prepared(directory)
+    if image_size is None:
+        raise DataError(
+            f"The images of '{root}' exceed data.max_memory_mb ({max_memory_mb:g} MB decoded) "
+            f"and will stream from shards, which needs one input size: set data.image_size."
+        )
+    sources = {
+        split: SplitSource(ImageSource(paths=part.paths), part.labels)
+        for split, part in files.items()
+    }
+    layout = ShardLayout(3, image_size, crop_ratio, max(max_side, image_size))
+    _write_sharded("imagefolder", scan.classes, sources, layout, directory, on_shard)
+    return load_prepared(directory)
+
+
+def _decoded_bytes(data: PreparedData) -> int:
+    channels, height, width = data.input_shape
+    return sum(len(data.split(name)) for name in SPLIT_NAMES) * channels * height * width
+
+
+def _write_sharded(
+    dataset: str,
+    classes: list[str],
+    sources: dict[str, SplitSource],
+    layout: ShardLayout,
+    directory: Path,
+    on_shard: Callable[[int, int], None] | None,
+) -> None:
+    per_shard = shard_samples(len(sources["train"].labels))
+    total = sum(-(-len(source.labels) // per_shard) for source in sources.values())
+    done = iter(range(1, total + 1))
+    description = {
+        "dataset": dataset,
+        "classes": list(classes),
+        "input_shape": [layout.channels, layout.image_size, layout.image_size],
+        "crop_ratio": layout.crop_ratio,
+        "class_counts": {
+            split: np.bincount(source.labels, minlength=len(classes)).tolist()
+            for split, source in sources.items()
+        },
+    }
+    written = write_shards(
+        sources,
+        layout,
+        directory,
+        describe=description,
+        samples_per_shard=per_shard,
+        on_shard=lambda name: on_shard and on_shard(next(done), total),
+    )
+    publish(written["staging"], directory, sharded_meta(description, written), META_FILE)
+
+
 def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
     """Bilinear, antialiased resize of uint8 N x C x H x W images to size x size."""
     if tuple(images.shape[-2:]) == (size, size):
@@ -71,6 +195,10 @@ def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
         )
         resized[start : start + len(chunk)] = scaled.round_().clamp_(0, 255).to(torch.uint8)
     return resized
+
+
+def _header_side(path: Path) -> int:
+    return max(header_size(path))
 
 
 def _check_name(name: str) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pipeline.data.transforms import fit_image
 from pipeline.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -28,8 +29,9 @@ _LAYOUT_HINT = "expected data.root/<class>/*.png|jpg|jpeg, or train/ plus val/ o
 # PIL picks a decoder by content, not suffix: only its PNG and JPEG decoders may read a user's
 # file (a TIFF or DDS named .png is refused). On malformed data decoders raise OSError,
 # ValueError, SyntaxError, NotImplementedError, struct.error...: any of them means "unreadable".
-_FORMATS = ("PNG", "JPEG")
+FORMATS = ("PNG", "JPEG")
 _PIL_ERRORS = Exception
+MAX_LISTED = 20  # unreadable images named in one error message
 
 
 @dataclass(frozen=True)
@@ -129,10 +131,18 @@ def _entries(directory: Path) -> list[Path]:
 
 
 def check_images(paths: Sequence[Path], image_size: int | None) -> None:
-    """Open every header; without ``image_size`` all images must share one size."""
-    first_path, first_size = None, None
+    """Open every header, reporting every unreadable file in one error (up to
+    ``MAX_LISTED``); without ``image_size`` all images must share one size."""
+    sizes, errors = [], []
     for path in paths:
-        size = _header_size(path)
+        try:
+            sizes.append((path, header_size(path)))
+        except DataError as error:
+            errors.append(str(error))
+    if errors:
+        raise unreadable_images(errors)
+    first_path, first_size = None, None
+    for path, size in sizes:
         if image_size is not None:
             continue
         if first_size is None:
@@ -145,40 +155,51 @@ def check_images(paths: Sequence[Path], image_size: int | None) -> None:
             )
 
 
-def read_images(paths: Sequence[Path], image_size: int | None) -> torch.Tensor:
-    """Decode images as RGB uint8 N x 3 x H x W, resized to ``image_size`` when set."""
+def read_images(
+    paths: Sequence[Path], image_size: int | None, crop_ratio: float | None = None
+) -> torch.Tensor:
+    """Decode images as RGB uint8 N x 3 x H x W, fitted to ``image_size`` when set
+    (``pipeline.data.transforms.fit_image``)."""
     if not paths:
         return torch.empty((0, 3, image_size or 1, image_size or 1), dtype=torch.uint8)
-    first = _decode(paths[0], image_size)
+    first = _decode(paths[0], image_size, crop_ratio)
     batch = np.empty((len(paths), *first.shape), dtype=np.uint8)
     batch[0] = first
     for i, path in enumerate(paths[1:], start=1):
-        batch[i] = _decode(path, image_size)
+        batch[i] = _decode(path, image_size, crop_ratio)
     return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()
 
 
-def _header_size(path: Path) -> tuple[int, int]:
+def header_size(path: Path) -> tuple[int, int]:
     try:
-        with Image.open(path, formats=_FORMATS) as image:
+        with Image.open(path, formats=FORMATS) as image:
             return image.size
     except _PIL_ERRORS as error:
         raise _unreadable(path, error) from error
 
 
-def _decode(path: Path, image_size: int | None) -> np.ndarray:
+def _decode(path: Path, image_size: int | None, crop_ratio: float | None) -> np.ndarray:
     try:
-        with Image.open(path, formats=_FORMATS) as image:
+        with Image.open(path, formats=FORMATS) as image:
             rgb = image.convert("RGB")
     except _PIL_ERRORS as error:
         raise _unreadable(path, error) from error
-    if image_size is not None:
-        # PIL's bilinear filter widens with the scale factor, so downsizing is antialiased.
-        rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
-    return np.asarray(rgb, dtype=np.uint8)
+    return np.asarray(fit_image(rgb, image_size, crop_ratio), dtype=np.uint8)
 
 
 def _unreadable(path: Path, error: Exception) -> DataError:
-    return DataError(
+    return DataError(unreadable_message(path, error))
+
+
+def unreadable_images(errors: Sequence[str], note: str = "") -> DataError:
+    """One error for many unreadable images: the first ``MAX_LISTED`` of ``errors``."""
+    listed = "\n  ".join(errors[:MAX_LISTED])
+    more = f"\n  ... and {len(errors) - MAX_LISTED} more" if len(errors) > MAX_LISTED else ""
+    return DataError(f"{len(errors)} image(s) cannot be read{note}:\n  {listed}{more}")
+
+
+def unreadable_message(path: Path | str, error: Exception) -> str:
+    return (
         f"Cannot read image '{path}' ({error}); the file is corrupt or not a PNG/JPEG image. "
         f"Replace or delete it."
     )

@@ -25,15 +25,19 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.data.prepared import Split, normalize
+from pipeline.data.transforms import random_resized_crop_batch
 from pipeline.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class Augment:
-    """Train-time augmentation: random crop after zero padding, random horizontal flip."""
+    """Train-time augmentation: random crop after zero padding (CIFAR style) or a
+    random-resized crop of area fraction in ``resized_crop_scale`` (ImageNet style,
+    ``pipeline.data.transforms``), then a random horizontal flip."""
 
     crop_padding: int = 0
     hflip: bool = False
+    resized_crop_scale: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if not _is_int_at_least(self.crop_padding, 0):
@@ -71,6 +75,8 @@ def augment_batch(
     images: torch.Tensor, augment: Augment, generator: torch.Generator
 ) -> torch.Tensor:
     """Apply ``augment`` to a uint8 batch (before normalization, so padding is black)."""
+    if augment.resized_crop_scale is not None:
+        images = random_resized_crop_batch(images, augment.resized_crop_scale, generator)
     images = random_crop(images, augment.crop_padding, generator)
     if augment.hflip:
         images = random_hflip(images, generator)
@@ -135,7 +141,7 @@ class BatchLoader:
         return self._batches(epoch)
 
     def _batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order_generator, augment_generator = _epoch_generators(self.seed, epoch)
+        order_generator, augment_generator = epoch_generators(self.seed, epoch)
         order = self._order(order_generator)
         device_order = order.to(self.device)  # one copy an epoch, not one a batch
         for batch in range(len(self)):
@@ -187,7 +193,7 @@ def _is_int_at_least(value: object, minimum: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
-def _epoch_generators(seed: int, epoch: int) -> tuple[torch.Generator, torch.Generator]:
+def epoch_generators(seed: int, epoch: int) -> tuple[torch.Generator, torch.Generator]:
     """Independent CPU generators for shuffling and augmentation, derived from (seed, epoch).
 
     Mixing through SeedSequence (rather than seeding with seed + epoch) keeps runs with

@@ -7,8 +7,10 @@ float32 with the per-channel mean/std of the train split, computed on images sca
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -44,21 +46,63 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(int(size) for size in self.images.shape[1:])
+
+    @property
+    def class_counts(self) -> list[int]:
+        return torch.bincount(self.labels).tolist()
+
+    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Every sample once, in order, as uint8 images and int64 labels."""
+        for start in range(0, len(self), batch_size):
+            yield self.images[start : start + batch_size], self.labels[start : start + batch_size]
+
+    def head(self, count: int) -> torch.Tensor:
+        """The first ``count`` images."""
+        return self.images[:count]
+
+    def fingerprint(self) -> bytes:
+        """Changes when any image or label changes."""
+        return hashlib.sha256(
+            self.images.numpy().tobytes() + self.labels.numpy().tobytes()
+        ).digest()
+
+
+class ImageSplit(Protocol):
+    """What every consumer of a split relies on: ``Split`` (in memory) and
+    ``ShardedSplit`` (streamed from shards, ``pipeline.data.streaming``)."""
+
+    def __len__(self) -> int: ...
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]: ...
+
+    @property
+    def class_counts(self) -> list[int]: ...
+
+    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def head(self, count: int) -> torch.Tensor: ...
+
+    def fingerprint(self) -> bytes: ...
+
 
 @dataclass(frozen=True)
 class PreparedData:
     """Train/val/test splits sharing one image shape, with the train statistics."""
 
-    train: Split
-    val: Split
-    test: Split
+    train: ImageSplit
+    val: ImageSplit
+    test: ImageSplit
     classes: list[str]
     mean: list[float]
     std: list[float]
     dataset: str = "unknown"
 
     def __post_init__(self) -> None:
-        shapes = {name: tuple(self.split(name).images.shape[1:]) for name in SPLIT_NAMES}
+        shapes = {name: self.split(name).image_shape for name in SPLIT_NAMES}
         if len(set(shapes.values())) != 1:
             raise ValueError(f"splits have different image shapes: {shapes}")
         channels = shapes["train"][0]
@@ -70,14 +114,18 @@ class PreparedData:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        channels, height, width = self.train.images.shape[1:]
-        return int(channels), int(height), int(width)
+        return self.train.image_shape
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the splits stream from shards rather than sit in memory."""
+        return not isinstance(self.train, Split)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def split(self, name: str) -> Split:
+    def split(self, name: str) -> ImageSplit:
         """The split called ``name`` (train, val or test)."""
         if name not in SPLIT_NAMES:
             raise KeyError(f"unknown split {name!r}; expected one of {SPLIT_NAMES}")
@@ -127,6 +175,6 @@ def describe(data: PreparedData) -> dict:
     }
 
 
-def _class_counts(split: Split, classes: list[str]) -> dict[str, int]:
-    counts = torch.bincount(split.labels, minlength=len(classes)).tolist()
+def _class_counts(split: ImageSplit, classes: list[str]) -> dict[str, int]:
+    counts = list(split.class_counts) + [0] * len(classes)
     return {name: int(count) for name, count in zip(classes, counts, strict=False)}

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from pipeline.atomic import replace_dir
 from pipeline.data.prepared import SPLIT_NAMES, PreparedData, Split
+from pipeline.data.streaming import ShardedSplit
 from pipeline.errors import DataError
 
 TENSORS_FILE = "splits.safetensors"
@@ -30,18 +31,9 @@ FORMAT_VERSION = 1
 _RERUN = "Rerun the prepare stage (`dvc repro prepare`) to rebuild it."
 
 
-class _Meta(BaseModel):
-    """The schema of meta.json."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    format_version: Literal[1]
-    dataset: str
-    classes: list[str] = Field(min_length=1)
-    mean: list[float]
-    std: list[float]
-    input_shape: tuple[int, int, int]
-    sizes: dict[str, int]
+class _Shard(BaseModel):
+    file: str
+    samples: int = Field(ge=1)
 
 
 def save_prepared(data: PreparedData, directory: str | Path) -> None:
@@ -58,11 +50,15 @@ def save_prepared(data: PreparedData, directory: str | Path) -> None:
 
 
 def load_prepared(directory: str | Path) -> PreparedData:
-    """Read prepared data back; DataError if files are missing or inconsistent."""
+    """Read prepared data back; DataError if files are missing or inconsistent. Sharded
+    data are not read here: their splits stream from the shards when iterated."""
     directory = Path(directory)
     meta = load_prepared_meta(directory)
-    tensors = _read_tensors(directory / TENSORS_FILE)
-    splits = {name: _split_from(tensors, name, meta, directory) for name in SPLIT_NAMES}
+    if meta.storage == "shards":
+        splits = {name: _sharded_split(name, meta, directory) for name in SPLIT_NAMES}
+    else:
+        tensors = _read_tensors(directory / TENSORS_FILE)
+        splits = {name: _split_from(tensors, name, meta, directory) for name in SPLIT_NAMES}
     channels = meta.input_shape[0]
     if len(meta.mean) != channels or len(meta.std) != channels:
         raise _inconsistent(directory, f"mean/std do not have {channels} channel values")
@@ -156,5 +152,65 @@ def _split_from(tensors: dict[str, torch.Tensor], name: str, meta: _Meta, direct
     return Split(images, labels)
 
 
+def sharded_meta(data_description: dict, written: dict) -> dict:
+    """meta.json of sharded data: ``data_description`` (dataset, classes, input shape,
+    crop ratio, class counts) plus what ``write_shards`` returned."""
+    shards = written["shards"]
+    return {
+        "format_version": FORMAT_VERSION,
+        "storage": "shards",
+        **data_description,
+        "mean": written["mean"],
+        "std": written["std"],
+        "sizes": {name: sum(s["samples"] for s in shards[name]) for name in SPLIT_NAMES},
+        "shards": shards,
+    }
+
+
+def _sharded_split(name: str, meta: _Meta, directory: Path) -> ShardedSplit:
+    shards = meta.shards.get(name)
+    if not shards and meta.sizes.get(name):
+        raise _inconsistent(directory, f"meta.json lists no shards for the {name} split")
+    paths = tuple(directory / shard.file for shard in shards or [])
+    missing = [str(path) for path in paths if not path.is_file()]
+    if missing:
+        raise _inconsistent(directory, f"shard(s) missing: {', '.join(missing[:5])}")
+    counts = tuple(shard.samples for shard in shards or [])
+    if sum(counts) != meta.sizes.get(name):
+        raise _inconsistent(
+            directory,
+            f"the {name} shards hold {sum(counts)} samples, meta.json says {meta.sizes.get(name)}",
+        )
+    channels, height, _ = meta.input_shape
+    return ShardedSplit(
+        paths,
+        counts,
+        channels,
+        height,
+        meta.crop_ratio,
+        tuple(meta.class_counts.get(name, [])),
+    )
+
+
 def _inconsistent(directory: Path, reason: str) -> DataError:
     return DataError(f"Prepared data in '{directory}' is inconsistent: {reason}. {_RERUN}")
+
+
+class _Meta(BaseModel):
+    """The schema of meta.json."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    format_version: Literal[1]
+    dataset: str
+    classes: list[str] = Field(min_length=1)
+    mean: list[float]
+    std: list[float]
+    input_shape: tuple[int, int, int]
+    sizes: dict[str, int]
+    storage: Literal["memory", "shards"] = "memory"
+    # Sharded data only (pipeline.data.shards): files and sample counts per split, how an
+    # image becomes an input, and the class counts (the labels sit in the shards).
+    shards: dict[str, list[_Shard]] = {}
+    crop_ratio: float | None = None
+    class_counts: dict[str, list[int]] = {}

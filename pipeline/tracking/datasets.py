@@ -49,7 +49,11 @@ def prepared_dataset(
         "num_classes": len(meta.classes),
         "classes": meta.classes,
         "dataset": meta.dataset,
+        "storage": meta.storage,
+        "size_bytes": sum(f.stat().st_size for f in Path(prepared_dir).rglob("*") if f.is_file()),
     }
+    if meta.storage == "shards":
+        profile["shards"] = {split: len(files) for split, files in meta.shards.items()}
     schema = {  # the format of MLflow's tensor datasets (NumpyDataset)
         "mlflow_tensorspec": {
             "features": _tensor_spec("images", "uint8", [-1, channels, height, width]),

@@ -20,7 +20,7 @@ from torch import nn
 
 from pipeline import distributed
 from pipeline.checkpoint import Checkpoint
-from pipeline.data import BatchLoader, PreparedData, Split
+from pipeline.data import ImageSplit, PreparedData
 from pipeline.errors import TrainingDiverged
 from pipeline.methods.base import (
     DenseSetup,
@@ -43,7 +43,7 @@ from pipeline.methods.jst.sampler import GroupScores, Sampler, gumbel_perturb
 from pipeline.methods.jst.schedule import Schedule
 from pipeline.progress import console, epoch_progress
 from pipeline.pruning.budget import check_feasible
-from pipeline.pruning.gates import fold_gates_into_bn, gated
+from pipeline.pruning.gates import fold_gates, gated
 from pipeline.pruning.groups import KeptChannels
 from pipeline.pruning.slicing import build_model, scatter_weights, slice_weights, spec_for_indices
 from pipeline.train import (
@@ -78,8 +78,7 @@ class Candidate:
 def data_fingerprint(data: PreparedData) -> str:
     digest = hashlib.sha256()
     for split in (data.train, data.val):
-        digest.update(split.images.numpy().tobytes())
-        digest.update(split.labels.numpy().tobytes())
+        digest.update(split.fingerprint())
     return digest.hexdigest()[:16]
 
 
@@ -130,11 +129,21 @@ class JointSearch:
         rows = [group_state(*self.static_state[g], self.alpha[g], self.tau[g]) for g in self.groups]
         return torch.tensor(rows, dtype=torch.float32)
 
-    def _loader(self, split: Split, t: int, salt: int, augment: bool = True) -> BatchLoader:
-        """A shuffled loader whose order depends only on (seed, iteration, purpose)."""
+    def _loader(self, split: ImageSplit, t: int, salt: int, training: bool = True):
+        """A shuffled loader whose order depends only on (seed, iteration, purpose).
+        ``training``: augmented, each rank its share; else as stored, the same on every
+        rank (BN re-estimation and scoring must agree across ranks)."""
         cfg = self.ctx.config
         seed = cfg.seed * 1_000_003 + t * 101 + salt
-        return make_loader(self.data, cfg.train, seed, self.device, split=split, augment=augment)
+        return make_loader(
+            self.data,
+            cfg.train,
+            seed,
+            self.device,
+            split=split,
+            augment=training,
+            rank_share=training,
+        )
 
     # ------------------------------------------------------------------- run
     def run(self) -> SearchResult:
@@ -255,7 +264,8 @@ class JointSearch:
             "alpha_abs_max": float(alpha_abs.max()),
             "alpha_abs_mean": float(alpha_abs.mean()),
             "meets_budget": int(meets),
-            "best_val_top1": self.best["val_top1"] if self.best else 0.0,
+            # No best sub-network yet (before the budget is met): no value, not 0.
+            **({"best_val_top1": self.best["val_top1"]} if self.best else {}),
             "arch_sha256": spec_for_indices(self.setup.spec, chosen.keep).sha256,
             **train_stats,
         }
@@ -333,7 +343,7 @@ class JointSearch:
     ) -> None:
         """Step 6: accuracy with inherited weights (BN statistics re-estimated) on a few
         validation batches, then reward."""
-        score_loader = self._loader(self.data.val, t, salt=1, augment=False)
+        score_loader = self._loader(self.data.val, t, salt=1, training=False)
         score_batches = list(zip(range(self.jst.score_batches), score_loader, strict=False))
         for c in candidates:
             sub = self._sub_network(c.keep)
@@ -397,7 +407,7 @@ class JointSearch:
     def _calibration_batches(self, t: int) -> list[torch.Tensor]:
         """Un-augmented training batches of iteration t that re-estimate BN statistics
         (of the candidates, then of the trained sub-network)."""
-        loader = self._loader(self.data.train, t, salt=2, augment=False)
+        loader = self._loader(self.data.train, t, salt=2, training=False)
         return [x for _, (x, _) in zip(range(self.jst.recalibrate_batches), loader, strict=False)]
 
     def _recalibrate(self, sub: nn.Module, sub_alpha: Alphas, batches: list[torch.Tensor]) -> None:
@@ -439,7 +449,7 @@ class JointSearch:
             iteration, val_top1 = self.best["iteration"], self.best["val_top1"]
         else:
             raise RuntimeError("no candidate met the final budget")  # projection forbids it
-        fold_gates_into_bn(sub, self.setup.layout, {g: gates_of(a) for g, a in alpha.items()})
+        fold_gates(sub, self.setup.layout, {g: gates_of(a) for g, a in alpha.items()})
         spec = spec_for_indices(self.setup.spec, keep)
         summary = budget_summary(self.setup, spec) | {
             "best_iteration": iteration,
