@@ -1,9 +1,10 @@
-"""Per-channel gates applied after BatchNorm.
+"""Per-channel gates applied after BatchNorm (or after the producing layer, without one).
 
 A gate multiplies each BN output channel of a group by a factor. With 0/1 factors it
 masks channels (a masked dense network computes exactly what the physically pruned one
 does); with JST's ``2 * sigmoid(alpha)`` it scales them. Gates sit *after* BN: before
-it, BN would normalise the scale away and the gate would get no gradient.
+it, BN would normalise the scale away and the gate would get no gradient. A group that no
+BN carries is gated on the outputs of its producing convs/linears (``output_gates``).
 """
 
 from __future__ import annotations
@@ -23,16 +24,18 @@ Gate = torch.Tensor | Callable[[], torch.Tensor]
 
 @contextmanager
 def gated(model: nn.Module, layout: ChannelLayout, gates: dict[str, Gate]) -> Iterator[None]:
-    """Within the block, multiply every BN output of each group by that group's gate."""
+    """Within the block, multiply every gate point's output (its BNs, or its producers
+    when no BN carries it) of each group by that group's gate."""
     handles = []
     for name, gate in gates.items():
         factors = gate if callable(gate) else (lambda gate=gate: gate)
-        for bn in layout.groups[name].bns:
+        for point in layout.groups[name].gate_points:
 
             def hook(_module, _inputs, output, factors=factors):
-                return output * factors().to(output.device, output.dtype).view(1, -1, 1, 1)
+                per_channel = [1, -1] + [1] * (output.dim() - 2)  # N x C (x H x W)
+                return output * factors().to(output.device, output.dtype).view(per_channel)
 
-            handles.append(model.get_submodule(bn).register_forward_hook(hook))
+            handles.append(model.get_submodule(point).register_forward_hook(hook))
     try:
         yield
     finally:
@@ -51,11 +54,14 @@ def keep_masks(layout: ChannelLayout, keep: dict[str, torch.Tensor]) -> dict[str
 
 
 @torch.no_grad()
-def fold_gates_into_bn(model: nn.Module, layout: ChannelLayout, gates: dict[str, torch.Tensor]):
-    """Fold per-channel gates into BN's affine parameters: free at inference."""
+def fold_gates(model: nn.Module, layout: ChannelLayout, gates: dict[str, torch.Tensor]):
+    """Fold per-channel gates into the parameters of their gate points: BN's affine
+    parameters, or a producing conv/linear's output rows and bias. Free at inference."""
     for name, gate in gates.items():
-        for bn_name in layout.groups[name].bns:
-            bn = model.get_submodule(bn_name)
-            g = gate.to(bn.weight.device, bn.weight.dtype)
-            bn.weight.mul_(g)
-            bn.bias.mul_(g)
+        for point in layout.groups[name].gate_points:
+            module = model.get_submodule(point)
+            g = gate.to(module.weight.device, module.weight.dtype)
+            per_row = [-1] + [1] * (module.weight.dim() - 1)  # a BN's weight is 1-D
+            module.weight.mul_(g.view(per_row))
+            if module.bias is not None:
+                module.bias.mul_(g)

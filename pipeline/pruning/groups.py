@@ -14,8 +14,9 @@ Layer kinds: ``conv`` and ``linear`` mix channels (weight out x in); ``bn`` is p
 its input and output are the same group, its weight (out x 1 x kh x kw) is sliced on the
 output dim alone, and its compact version has groups = the kept width. A layer whose
 groups are both ``None`` is fixed: it is never sliced, whatever its type (a grouped conv,
-a classifier). Layouts are written by hand (``channel_layout()``) or discovered from the
-traced graph (``pipeline.pruning.discovery``).
+a classifier). A group's gates (masks, JST's filter weights) multiply the outputs of its
+BNs, or, for a group no BN carries, of its producing layers. Layouts are written by hand
+(``channel_layout()``) or discovered from the traced graph (``pipeline.pruning.discovery``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,14 @@ class ChannelGroup:
     scored_convs: tuple[str, ...] = ()  # convs whose filters score the channels
     scored_bns: tuple[str, ...] = ()  # their BNs (projection shortcuts are never scored)
     bns: tuple[str, ...] = ()  # every BN whose output carries the channels (gates go here)
+    # Producers (conv/linear) whose own outputs are gated: a group no BN carries (AlexNet,
+    # classifier heads, SE squeezes) is gated on its producers' outputs instead.
+    output_gates: tuple[str, ...] = ()
+
+    @property
+    def gate_points(self) -> tuple[str, ...]:
+        """Every module whose output the group's gates multiply."""
+        return self.bns + self.output_gates
 
 
 @dataclass

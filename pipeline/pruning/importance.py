@@ -9,6 +9,7 @@ is one subclass; the baselines name no criterion.
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -83,7 +84,11 @@ class MagnitudeImportance(Importance):
 
 class BNScaleImportance(Importance):
     """Mean |gamma| over a group's scored BNs (network slimming, Liu et al. 2017). After BN
-    every channel has unit scale, so gammas of different layers compare."""
+    every channel has unit scale, so gammas of different layers compare.
+
+    A group no BN carries (gated on its producers' outputs: AlexNet's convs, classifier
+    hidden layers, SE squeezes) has no gamma to score: slimming keeps it whole and warns,
+    naming it; l1, random and jst prune it."""
 
     global_threshold = True
 
@@ -91,9 +96,40 @@ class BNScaleImportance(Importance):
         modules = dict(model.named_modules())
         scores = {}
         for name, g in layout.groups.items():
+            if not g.scored_bns:  # kept whole by kept_channels; every channel ranks alike
+                scores[name] = torch.ones(g.width)
+                continue
             gammas = [modules[bn].weight.detach().abs().cpu() for bn in g.scored_bns]
             scores[name] = torch.stack(gammas).mean(0)
         return scores
+
+    def kept_channels(
+        self,
+        model: nn.Module,
+        layout: ChannelLayout,
+        cost: FlopsModel,
+        groups: Sequence[str],
+        target: float,
+        k_min: int,
+        round_to: int = 1,
+    ) -> KeptChannels:
+        unscorable = unscorable_groups(layout, groups)
+        if unscorable:
+            warnings.warn(
+                f"network slimming cannot score {len(unscorable)} channel group(s) no "
+                f"BatchNorm carries ({', '.join(unscorable[:8])}"
+                f"{', ...' if len(unscorable) > 8 else ''}): they stay whole and the budget "
+                "is met by the others; search.method l1, random or jst prunes them too.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        scorable = [g for g in groups if g not in unscorable]
+        return super().kept_channels(model, layout, cost, scorable, target, k_min, round_to)
+
+
+def unscorable_groups(layout: ChannelLayout, groups: Sequence[str]) -> list[str]:
+    """The ``groups`` that have no BN gamma to score them (network slimming's criterion)."""
+    return [g for g in groups if not layout.groups[g].scored_bns]
 
 
 @dataclass(frozen=True)

@@ -95,8 +95,7 @@ def test_concatenated_channels_are_left_whole_with_everything_joined_to_them():
     [
         (nn.GroupNorm(2, 6), "a.0", "layer 'middle'"),
         (nn.Conv2d(6, 6, 3, padding=1, groups=2), "a.0", "grouped convolution (groups=2)"),
-        (nn.Sigmoid(), "a.0", "reads them without a BatchNorm gate"),  # sigmoid(0) != 0
-        (nn.Conv2d(6, 6, 1), "middle", "no BatchNorm carries these channels"),
+        (nn.Sigmoid(), "a.0", "reads them without a gate"),  # sigmoid(0) != 0
     ],
 )
 def test_what_may_mix_or_escape_the_gates_is_left_whole(middle, whole, reason):

@@ -162,12 +162,12 @@ EXPECTED = {
     "resnet50": (13, 4, ()),
     "resnext50_32x4d": (5, 4, ("grouped convolution",)),
     "wide_resnet50_2": (13, 4, ()),
-    "vgg16_bn": (12, 0, ("flattens a feature map", "no BatchNorm")),
+    "vgg16_bn": (14, 0, ("flattens a feature map",)),
     "mobilenet_v2": (24, 6, ()),
-    "mobilenet_v3_small": (16, 3, ("no BatchNorm",)),
-    "mobilenet_v3_large": (21, 6, ("no BatchNorm",)),
-    "efficientnet_b0": (17, 4, ("no BatchNorm",)),
-    "regnet_y_400mf": (3, 2, ("grouped convolution", "no BatchNorm")),
+    "mobilenet_v3_small": (26, 3, ()),
+    "mobilenet_v3_large": (30, 6, ()),
+    "efficientnet_b0": (27, 4, ()),
+    "regnet_y_400mf": (7, 2, ("grouped convolution",)),
     "shufflenet_v2_x1_0": (5, 0, ("concatenates",)),
     "densenet121": (4, 0, ("concatenates",)),
     "mnasnet1_0": (24, 4, ()),
@@ -200,14 +200,15 @@ def test_depthwise_convs_are_tied_to_one_group_and_rebuilt_depthwise():
         assert conv.groups == conv.in_channels == conv.out_channels == widths[w.out_group]
 
 
-def test_squeeze_excitation_reduce_is_whole_and_expand_produces_the_gated_group():
+def test_squeeze_excitation_squeeze_is_gated_on_its_output_and_expand_joins_the_gated_group():
     _, found, _ = _dense("mobilenet_v3_large")
     wiring = {w.module: w for w in found.layout.layers}
     se = [m for m in wiring if m.endswith("fc1")]
     assert se
     for fc1 in se:
         fc2 = wiring[fc1.removesuffix("fc1") + "fc2"]
-        assert wiring[fc1].out_group is None and fc2.in_group is None  # the squeeze: whole
+        squeeze = found.layout.groups[wiring[fc1].out_group]  # no BN: gated on fc1's output
+        assert squeeze.output_gates == (fc1,) and squeeze.bns == () and fc2.in_group == fc1
         assert wiring[fc1].in_group == fc2.out_group is not None  # the channels it gates
         assert fc2.module not in found.layout.groups[fc2.out_group].scored_convs
 
@@ -219,12 +220,12 @@ FULL_SIZE = {
     "resnet50": (37, 4, 0),
     "resnext50_32x4d": (5, 4, 32),
     "wide_resnet50_2": (37, 4, 0),
-    "vgg16_bn": (12, 0, 3),
+    "vgg16_bn": (14, 0, 1),
     "mobilenet_v2": (25, 5, 0),
-    "mobilenet_v3_small": (17, 4, 10),
-    "mobilenet_v3_large": (21, 6, 9),
-    "efficientnet_b0": (24, 5, 16),
-    "regnet_y_400mf": (5, 4, 48),
+    "mobilenet_v3_small": (27, 4, 0),
+    "mobilenet_v3_large": (30, 6, 0),
+    "efficientnet_b0": (40, 5, 0),
+    "regnet_y_400mf": (21, 4, 32),
     "shufflenet_v2_x1_0": (18, 0, 19),
     "densenet121": (58, 0, 62),
     "mnasnet1_0": (25, 5, 0),
@@ -238,7 +239,8 @@ def test_real_size_structure(name):
     found = discover(model, SHAPE)
     groups = found.layout.groups.values()
     assert (len(groups), sum(g.coupled for g in groups), len(found.whole)) == FULL_SIZE[name]
-    assert all(g.scored_convs and g.scored_bns and g.bns for g in groups)
+    assert all(g.scored_convs and g.gate_points for g in groups)
+    assert all(bool(g.scored_bns) != bool(g.output_gates) for g in groups)
 
 
 @pytest.mark.parametrize("name", sorted(n for n in BUILDERS if EXPECTED[n][0]))

@@ -3,7 +3,7 @@
 import torch
 
 from pipeline.models import create_model
-from pipeline.pruning.gates import fold_gates_into_bn, gated
+from pipeline.pruning.gates import fold_gates, gated
 
 
 def test_folding_gates_gives_the_gated_outputs():
@@ -14,7 +14,7 @@ def test_folding_gates_gives_the_gated_outputs():
     x = torch.randn(3, 3, 16, 16)
     with torch.no_grad(), gated(model, layout, gates):
         expected = model(x)
-    fold_gates_into_bn(model, layout, gates)
+    fold_gates(model, layout, gates)
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
 

@@ -15,9 +15,10 @@ A class is left *whole* (its channels fixed, never sliced) when it is not provab
 to prune, with the reason recorded: it reaches the network input or output, a
 concatenation, a grouped conv that is not depthwise, a reshaping op (channel shuffle,
 permute), a normalisation other than BatchNorm, or any op without a rule (assumed to mix
-channels); no BatchNorm carries it (JST's gates and slimming need one); or a channel-
-mixing layer reads it without a BatchNorm gate in between (a 0/1 gate there would not
-make the masked dense model equal the sliced one). Being whole spreads through the
+channels); or a channel-mixing layer reads it without a gate in between (a 0/1 gate
+there would not make the masked dense model equal the sliced one). Gates sit on BN
+outputs; a class no BN carries is gated on its producing layers' outputs instead (found
+by a first walk, applied in a second). Being whole spreads through the
 union-find to every element joined with a whole one.
 """
 
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import nn
+from torch import fx, nn
 
 from pipeline.pruning.discovery.elements import Analysis, check_every_layer_reached
 from pipeline.pruning.discovery.layout import LayoutBuilder
@@ -59,9 +60,17 @@ def model_layout(model: nn.Module, input_shape: tuple[int, int, int]) -> Channel
 def discover(model: nn.Module, input_shape: tuple[int, int, int]) -> Discovery:
     """Trace ``model``, find its channel groups, and say which channels stay whole and why."""
     graph = traced(model, tuple(input_shape))
-    analysis = Analysis(dict(model.named_modules()))
-    for node in graph.nodes:
-        apply(analysis, node)
+    modules = dict(model.named_modules())
+    analysis = _walk(graph, Analysis(modules))
+    output_gates = analysis.producers_without_batchnorm()
+    if output_gates:  # the same classes, now gated on those producers' outputs
+        analysis = _walk(graph, Analysis(modules, output_gates=output_gates))
     check_every_layer_reached(model, graph, analysis)
     analysis.finish()
     return Discovery(LayoutBuilder(analysis, graph).layout(), analysis.whole_report())
+
+
+def _walk(graph: fx.Graph, analysis: Analysis) -> Analysis:
+    for node in graph.nodes:
+        apply(analysis, node)
+    return analysis

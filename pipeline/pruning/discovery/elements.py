@@ -4,7 +4,8 @@ Every tensor's channels (dim 1) are an *element*; the rules (``rules.py``) creat
 and unite elements node by node. Each resulting class is one channel group, or *whole*
 (never sliced) with the reasons it is not provably safe to prune. Every tensor also carries
 a *gated* flag: whether a 0/1 mask on its group's gates leaves its masked channels exactly
-zero, which a channel-mixing layer reading it needs (see docs/discovery.md).
+zero, which a channel-mixing layer reading it needs (see docs/discovery.md). Gates sit on
+the group's BN outputs or, for a group no BN carries, on its producers' outputs.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import fx, nn
 from pipeline.pruning.discovery.tracing import DiscoveryError, channels, describe
 
 OUTPUT_REASON = "the network output (the classes)"
-NO_BATCHNORM = "no BatchNorm carries these channels (gates need one)"
+NO_GATE = "neither a BatchNorm nor a gated layer output carries these channels"
 # The layers a layout wires; each must be called by the traced forward pass.
 LAYER_TYPES = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
 
@@ -82,6 +83,9 @@ class Analysis:
     adds: set[fx.Node] = field(default_factory=set)
     ungated_reads: list[tuple[str, int]] = field(default_factory=list)
     indirect: list[tuple[str, str]] = field(default_factory=list)  # (layer, reason): whole
+    # Producers whose outputs carry the gates of a group no BN carries (a second walk
+    # sets them: whether a group has a BN is known only after the first).
+    output_gates: frozenset[str] = frozenset()
 
     def whole(self, node: fx.Node, reason: str) -> None:
         """Leave the channels of ``node``'s tensor whole, for ``reason``."""
@@ -102,7 +106,7 @@ class Analysis:
         """A channel-mixing layer makes ``node``'s channels from ``source``'s."""
         self.read(layer, source)
         self.elem[node] = self.uf.new(channels(node), layer)
-        self.gated[node] = False
+        self.gated[node] = layer in self.output_gates
         self.layers.append(Layer(node, layer, kind, self.elem[node], self.elem.get(source)))
 
     def pass_on(self, node: fx.Node, source: fx.Node | None, *, keeps_zero: bool = True) -> None:
@@ -135,19 +139,36 @@ class Analysis:
             self.ungated_reads.append((layer, self.elem[source]))
 
     # -- after the walk
-    def finish(self) -> None:
-        """Leave whole what cannot be gated: no BN, or read by a layer without a gate."""
-        carried = {
+    def producers_without_batchnorm(self) -> frozenset[str]:
+        """The convs/linears producing a class that no BN carries: their outputs are
+        where that class's gates go."""
+        carried = self._classes_with_gates()
+        return frozenset(
+            x.module
+            for x in self.layers
+            if x.kind in ("conv", "linear")
+            and x.out_elem is not None
+            and self.uf.find(x.out_elem) not in carried
+        )
+
+    def _classes_with_gates(self) -> set[int]:
+        """Classes with a gate point: a BN, or a producer whose output is gated."""
+        return {
             self.uf.find(x.out_elem)
             for x in self.layers
-            if x.kind == "bn" and x.out_elem is not None
+            if x.out_elem is not None and (x.kind == "bn" or x.module in self.output_gates)
         }
+
+    def finish(self) -> None:
+        """Leave whole what cannot be gated: no gate point, or read by a layer without a
+        gate in between."""
+        carried = self._classes_with_gates()
         for layer in self.layers:
             for e in (layer.out_elem, layer.in_elem):
                 if e is not None and self.uf.find(e) not in carried:
-                    self.uf.make_whole(e, NO_BATCHNORM)
+                    self.uf.make_whole(e, NO_GATE)
         for layer, e in self.ungated_reads:
-            self.uf.make_whole(e, f"{layer} reads them without a BatchNorm gate in between")
+            self.uf.make_whole(e, f"{layer} reads them without a gate in between")
 
     def whole_report(self) -> tuple[tuple[str, str], ...]:
         """(first producing layer, first reason) of every whole class, then the layers used

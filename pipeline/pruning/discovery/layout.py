@@ -63,11 +63,13 @@ class LayoutBuilder:
                 scored[group].append((layer.module, str(bn.target)))
             producers[group].append(layer.module)
         for name, g in layout.groups.items():
-            # No producer reaches a BN of its own: let them all score, with every BN.
+            # No producer reaches a BN of its own: let them all score, with every BN (none
+            # in a group gated on its producers' outputs: slimming cannot score it).
             convs = tuple(c for c, _ in scored[name]) or tuple(producers[name])
             scored_bns = tuple(b for _, b in scored[name]) or tuple(bns[name])
+            output_gates = tuple(p for p in producers[name] if p in self.analysis.output_gates)
             layout.groups[name] = ChannelGroup(
-                name, g.width, g.coupled, convs, scored_bns, tuple(bns[name])
+                name, g.width, g.coupled, convs, scored_bns, tuple(bns[name]), output_gates
             )
 
     def _bn_after(self, node: fx.Node) -> fx.Node | None:
