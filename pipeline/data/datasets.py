@@ -123,9 +123,9 @@ def prepare_dataset(
     _check_image_size(image_size)
     scan = scan_image_folder(_require_root(root))
     files = _assign_files(scan, val_fraction, test_fraction, seed)
-    check_images([path for part in files.values() for path in part.paths], image_size)
     side = image_size or _header_side(files["train"].paths[0])
     if sum(len(part.paths) for part in files.values()) * 3 * side * side <= budget:
+        check_images([path for part in files.values() for path in part.paths], image_size)
         splits = {
             split: (read_images(part.paths, image_size, crop_ratio), part.labels)
             for split, part in files.items()
@@ -198,7 +198,10 @@ def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _header_side(path: Path) -> int:
-    return max(header_size(path))
+    try:
+        return max(header_size(path))
+    except DataError:
+        return 1  # sized by the other images; this one is reported with them
 
 
 def _check_name(name: str) -> None:

@@ -9,11 +9,12 @@ Sharding over ranks and workers, reshuffling and exact mid-epoch resume are ours
 sample counts.
 
 ``write_shards`` is resumable: shards are built in a staging folder next to the target,
-each one renamed into place only once complete, with its sample count and channel sums
-beside it. A killed run, restarted with the same inputs, keeps the finished shards; other
-inputs start afresh. The staging folder becomes the prepared folder only when every image
-has decoded, so nothing half-written is ever published; unreadable images are reported
-together (the first twenty), after every shard has been tried.
+each one renamed into place only once complete, with the fingerprint of its inputs
+(files' sizes and times, labels, layout) and its channel sums beside it. A rerun keeps
+every finished shard whose inputs are unchanged: a killed write continues, and replacing a
+bad image rewrites only its shard. The staging folder becomes the prepared folder only when
+every image has decoded, so nothing half-written is ever published; unreadable images are
+reported together (the first twenty), after every shard has been tried.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ SHARD_DIR = "shards"
 # Samples a shard holds: enough shards for ranks x workers on small sets, ~100 MB shards of
 # ImageNet-sized JPEGs on large ones.
 MIN_SHARD_SAMPLES, MAX_SHARD_SAMPLES, TARGET_SHARDS = 16, 1024, 32
-_PLAN_FILE = "plan.json"
 _STATS_DIR = "stats"
 _JPEG_QUALITY = 90
 
@@ -71,15 +71,19 @@ class ImageSource:
         image = Image.fromarray(array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0))
         return _encode(image, "png"), "png"
 
-    def fingerprint(self) -> str:
-        """Changes when any image changes (file size and mtime, or the array bytes)."""
+    def fingerprint(self, indices: range) -> str:
+        """Changes when an image of ``indices`` changes (file size and time, or bytes)."""
         digest = hashlib.sha256()
-        if self.paths is not None:
-            for path in self.paths:
+        if self.paths is None:
+            digest.update(np.ascontiguousarray(self.arrays[indices.start : indices.stop]).tobytes())
+            return digest.hexdigest()
+        for index in indices:
+            path = self.paths[index]
+            try:
                 stat = path.stat()
                 digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-        else:
-            digest.update(np.ascontiguousarray(self.arrays).tobytes())
+            except OSError:  # reported when the image is read
+                digest.update(f"{path}\0missing\n".encode())
         return digest.hexdigest()
 
 
@@ -120,8 +124,9 @@ def write_shards(
     """
     per_shard = samples_per_shard or shard_samples(len(splits["train"].labels))
     staging = directory.parent / f".{directory.name}.partial"
-    plan = _plan(splits, layout, describe, per_shard)
-    _open_staging(staging, plan)
+    (staging / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    (staging / _STATS_DIR).mkdir(exist_ok=True)
+    settings = json.dumps([describe, layout.__dict__], sort_keys=True)
     shards: dict[str, list[dict]] = {}
     sums = np.zeros((2, layout.channels), dtype=np.float64)
     pixels, errors = 0, []
@@ -130,8 +135,9 @@ def write_shards(
         for first in range(0, len(source.labels), per_shard):
             name = f"{split}-{first // per_shard:06d}.tar"
             indices = range(first, min(first + per_shard, len(source.labels)))
-            stats = _finished(staging, name) or _write_shard(
-                staging, name, source, indices, layout, errors, with_stats=split == "train"
+            inputs = _fingerprint(settings, source, indices)
+            stats = _finished(staging, name, inputs) or _write_shard(
+                staging, name, source, indices, layout, errors, inputs, with_stats=split == "train"
             )
             on_shard(name)
             if stats is None:
@@ -144,8 +150,11 @@ def write_shards(
         raise unreadable_images(errors, "; nothing was published as prepared data")
     mean = sums[0] / max(pixels, 1)
     std = np.sqrt(np.clip(sums[1] / max(pixels, 1) - mean**2, 0, None))
-    (staging / _PLAN_FILE).unlink()
     shutil.rmtree(staging / _STATS_DIR)
+    listed = {Path(entry["file"]).name for entries in shards.values() for entry in entries}
+    for stale in (staging / SHARD_DIR).iterdir():  # left by an earlier, larger plan
+        if stale.name not in listed:
+            stale.unlink()
     return {"shards": shards, "mean": mean.tolist(), "std": std.tolist(), "staging": staging}
 
 
@@ -155,38 +164,23 @@ def publish(staging: Path, directory: Path, meta: dict, meta_file: str) -> None:
     replace_dir(staging, directory)
 
 
-def _plan(splits: dict[str, SplitSource], layout: ShardLayout, describe: dict, per_shard: int):
-    digest = hashlib.sha256()
-    digest.update(json.dumps([describe, layout.__dict__, per_shard], sort_keys=True).encode())
-    for split, source in splits.items():
-        digest.update(split.encode())
-        digest.update(source.images.fingerprint().encode())
-        digest.update(np.asarray(source.labels, dtype=np.int64).tobytes())
-    return {"fingerprint": digest.hexdigest()}
+def _fingerprint(settings: str, source: SplitSource, indices: range) -> str:
+    """Changes when any input of a shard changes: its images, labels or the layout."""
+    digest = hashlib.sha256(settings.encode())
+    digest.update(source.images.fingerprint(indices).encode())
+    digest.update(np.asarray(source.labels[indices.start : indices.stop], np.int64).tobytes())
+    return digest.hexdigest()
 
 
-def _open_staging(staging: Path, plan: dict) -> None:
-    """Keep a staging folder of the same plan (a resumed run), else start a fresh one."""
-    plan_file = staging / _PLAN_FILE
-    try:
-        kept = json.loads(plan_file.read_text(encoding="utf-8")) == plan
-    except (OSError, ValueError):
-        kept = False
-    if not kept:
-        shutil.rmtree(staging, ignore_errors=True)
-        (staging / SHARD_DIR).mkdir(parents=True)
-        (staging / _STATS_DIR).mkdir()
-        write_text_atomic(plan_file, json.dumps(plan))
-
-
-def _finished(staging: Path, name: str) -> dict | None:
-    stats_file = staging / _STATS_DIR / f"{name}.json"
+def _finished(staging: Path, name: str, inputs: str) -> dict | None:
+    """The stats of shard ``name`` if it was finished from the same inputs."""
     if not (staging / SHARD_DIR / name).is_file():
         return None
     try:
-        return json.loads(stats_file.read_text(encoding="utf-8"))
+        stats = json.loads((staging / _STATS_DIR / f"{name}.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return stats if stats.get("inputs") == inputs else None
 
 
 def _write_shard(
@@ -196,6 +190,7 @@ def _write_shard(
     indices: range,
     layout: ShardLayout,
     errors: list[str],
+    inputs: str,
     *,
     with_stats: bool,
 ) -> dict | None:
@@ -223,9 +218,10 @@ def _write_shard(
         os.fsync(file.fileno())
     if failed:
         partial.unlink()
+        target.unlink(missing_ok=True)  # an earlier version of this shard
         return None
     partial.replace(target)
-    stats = {"sums": sums.tolist(), "pixels": pixels}
+    stats = {"sums": sums.tolist(), "pixels": pixels, "inputs": inputs}
     write_text_atomic(staging / _STATS_DIR / f"{name}.json", json.dumps(stats))
     return stats
 

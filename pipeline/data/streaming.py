@@ -15,7 +15,8 @@ int64 labels on the device, for a ``ShardedSplit``. Each epoch is a plan compute
 Batch ``i`` of an epoch comes from worker ``i % W`` (PyTorch's DataLoader takes workers
 in turn), so ``set_epoch(epoch, start_batch=k)`` resumes exactly at batch ``k``: each
 worker skips the samples of its batches before ``k`` without decoding them. Random crops
-draw from generators seeded by ``(seed, epoch, sample)``: the same on any worker count.
+draw from generators seeded by ``(seed, epoch, sample)`` in the workers and by ``(seed,
+epoch, batch)`` on the device, so a resumed epoch also augments as the first run did.
 """
 
 from __future__ import annotations
@@ -151,7 +152,6 @@ class StreamingLoader:
 
     def _batches(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         plan = self._plan(epoch, start)
-        _, augment_generator = epoch_generators(self.seed, epoch)
         # Random-resized crops were taken in the workers, from the full-resolution images.
         on_device = replace(self.augment, resized_crop_scale=None) if self.augment else None
         pin = self.device.type == "cuda"
@@ -161,10 +161,11 @@ class StreamingLoader:
             num_workers=len(plan.workers) if self.workers else 0,
             pin_memory=pin,
         )
-        for images, labels in loader:
+        for batch, (images, labels) in enumerate(loader, start):
             images = images.to(self.device, non_blocking=pin)
-            if on_device is not None:
-                images = augment_batch(images, on_device, augment_generator)
+            if on_device is not None:  # seeded per batch: a resumed epoch draws the same
+                generator = torch.Generator().manual_seed(_mix(self.seed, epoch, batch))
+                images = augment_batch(images, on_device, generator)
             yield normalize(images, self.mean, self.std), labels.to(self.device, non_blocking=pin)
 
     def _plan(self, epoch: int, start: int) -> _Plan:
