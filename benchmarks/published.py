@@ -55,7 +55,7 @@ def quickstart() -> str:
     return (
         f"Committed `metrics/` of the last `uv run dvc repro` with the default `params.yaml` "
         f"(`{search['method']}` at `target_flops: {search['target_flops']}`, training in "
-        f"{search['precision']} as `train.precision: auto` chose on that machine): test top-1 "
+        f"{search['precision']}, {search['memory_format']}): test top-1 "
         f"**{100 * evaluate['top1']:.2f} %** on {evaluate['test_size']} images, FLOPs "
         f"{evaluate['flops'] / 1e6:.2f} M / {evaluate['dense_flops'] / 1e6:.2f} M dense, params "
         f"{evaluate['params'] / 1e3:.0f} k / {evaluate['dense_params'] / 1e3:.0f} k, ONNX Runtime "

@@ -17,7 +17,11 @@ def result(name: str):
 
 
 def metrics(name: str) -> dict:
-    return json.loads((METRICS / f"{name}.json").read_text())
+    """What stage ``name`` recorded: ``metrics/<name>.json`` (the values compared across runs)
+    with ``metrics/details/<name>.json`` (everything else), where the stage writes one."""
+    record = json.loads((METRICS / f"{name}.json").read_text())
+    details = METRICS / "details" / f"{name}.json"
+    return json.loads(details.read_text()) | record if details.is_file() else record
 
 
 def span(values, fmt: str = ".2f", sep: str = "–") -> str:

@@ -93,6 +93,25 @@ def models(
 
 
 @app.command()
+def experiments(
+    all_commits: Annotated[
+        bool, typer.Option("--all-commits", "-A", help="Experiments of every commit.")
+    ] = False,
+) -> None:
+    """The experiments at a glance: method, budget, test top-1, kept FLOPs, latency speed-up
+    and parameters, one row each (from `dvc exp show`; its full table has every value)."""
+    from pipeline.errors import PipelineError
+    from pipeline.experiments import experiment_rows, experiments_table, read_experiments
+
+    try:
+        rows = experiment_rows(read_experiments(Path.cwd(), all_commits))
+    except PipelineError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo("\n".join(experiments_table(rows)))
+
+
+@app.command()
 def methods() -> None:
     """List the search methods."""
     from pipeline.methods import available_methods
@@ -147,23 +166,37 @@ def predict(
         bool, typer.Option("--json", help="One JSON list: classes, probabilities, logits.")
     ] = False,
 ) -> None:
-    """Classify images with the exported model: the top classes with softmax probabilities."""
+    """Classify images with the exported model: the top classes with softmax probabilities.
+    Unreadable files are reported and skipped; the exit status is then 1."""
     from pipeline.errors import PipelineError
     from pipeline.predict import image_files, load_classifier
     from stages.common import ONNX_MODEL
 
+    unreadable: list[Path] = []
+
+    def skip(path: Path, error: PipelineError) -> None:
+        unreadable.append(path)
+        typer.echo(f"skipped: {error}", err=True)
+
     try:
         files = image_files(images)
         classifier = load_classifier(model or ONNX_MODEL, Path.cwd())
-        predictions = list(classifier.predict(files, top_k))
+        predictions = list(classifier.predict(files, top_k, on_unreadable=skip))
     except PipelineError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
     if as_json:
         typer.echo(json.dumps([p.as_dict() for p in predictions], indent=2))
-        return
-    for p in predictions:
-        typer.echo(f"{p.image}  " + ", ".join(f"{name} {prob:.4f}" for name, prob in p.top))
+    else:
+        for p in predictions:
+            typer.echo(f"{p.image}  " + ", ".join(f"{name} {prob:.4f}" for name, prob in p.top))
+    if unreadable:
+        typer.echo(
+            f"error: {len(unreadable)} of {len(files)} images could not be read (skipped "
+            f"above); {len(predictions)} classified",
+            err=True,
+        )
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -210,9 +243,11 @@ def reproduce(
         tracking.check_tracking_available(uri)
         recorded = tracking.recorded_model_version(uri, model, version)
         commit = rebuild.commit_to_rebuild(recorded)
+        prefix = rebuild.default_workdir_name(recorded.version)
         if workdir is None and not dry_run:
-            workdir = Path(tempfile.mkdtemp(prefix=f"jst-rebuild-v{recorded.version}-"))
-        target = (workdir or Path("<new temporary folder>")).absolute()
+            workdir = Path(tempfile.mkdtemp(prefix=prefix))
+        # A dry run creates nothing: it names the kind of folder a rebuild would create.
+        target = (workdir or Path(tempfile.gettempdir()) / f"{prefix}XXXXXXXX").absolute()
         typer.echo(
             f"{model} version {recorded.version}: run {recorded.run_id}, commit {commit}, "
             f"arch {recorded.tags.get('arch_sha256', '?')}"
@@ -220,8 +255,10 @@ def reproduce(
         for warning in rebuild.environment_warnings(recorded):
             typer.echo(f"warning: {warning}", err=True)
         if dry_run:
-            for command in rebuild.rebuild_commands(root, target, commit):
-                typer.echo("$ " + " ".join(command))
+            if workdir is None:
+                typer.echo(f"rebuild folder: a new one, {target} (choose it with --workdir)")
+            steps = rebuild.dry_run_steps(recorded, root, target, commit)
+            typer.echo("\n".join(f"{n}. {step}" for n, step in enumerate(steps, 1)))
             return
         outcome = rebuild.rebuild(recorded, root, target, echo=typer.echo, tolerance=tolerance)
     except PipelineError as err:
@@ -252,15 +289,14 @@ def ui(
         "params.yaml"
     ),
 ) -> None:
-    """Start the MLflow UI on this project's store and print the address of the experiment's
-    runs in the model-training view (MLflow 3 otherwise opens on its GenAI view). With
-    MLFLOW_TRACKING_URI set to a server, only print that server's address."""
-    import os
+    """Start the MLflow UI on this project's store and, once it answers, print the address
+    of the experiment's runs in the model-training view (MLflow 3 otherwise opens on its
+    GenAI view). With MLFLOW_TRACKING_URI set to a server, only print that server's address."""
     import sys
 
     from pipeline import tracking
     from pipeline.errors import PipelineError
-    from pipeline.tracking.ui import model_training_url
+    from pipeline.tracking.ui import model_training_url, run_ui
 
     uri = tracking.resolve_tracking_uri(Path.cwd())
     experiment = _tracking_config(params).experiment
@@ -273,16 +309,27 @@ def ui(
             )
         tracking.check_tracking_available(uri)
         served_at = uri if db_path is None else f"http://{host}:{port}"
-        typer.echo(f"experiment {experiment!r}: {model_training_url(served_at, uri, experiment)}")
+        address = model_training_url(served_at, uri, experiment)
     except PipelineError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
     if db_path is None:  # a tracking server: it serves the UI itself
+        typer.echo(f"experiment {experiment!r}: {address}")
         return
     mlflow = str(Path(sys.executable).parent / "mlflow")
     command = [mlflow, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
-    sys.stdout.flush()
-    os.execv(mlflow, command)  # the UI replaces this process: Ctrl-C stops it
+    probe_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    typer.echo(f"starting MLflow's UI on {uri} (it takes a few seconds; Ctrl-C stops it)")
+
+    def ready() -> None:
+        typer.echo(f"experiment {experiment!r}: {address}")
+
+    try:
+        status = run_ui(command, f"http://{probe_host}:{port}/health", ready)
+    except TimeoutError as err:
+        typer.echo(f"error: {err}; is port {port} free? (jst ui --port N)", err=True)
+        raise typer.Exit(1) from None
+    raise typer.Exit(status)
 
 
 tracking_app = typer.Typer(help="MLflow tracking: spooled calls.", no_args_is_help=True)

@@ -70,7 +70,11 @@ def open_session(
             str(path), sess_options=session_options(intra_op_threads), providers=providers
         )
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
-        raise ArtifactError(f"ONNX Runtime cannot load {path}: {exc}") from exc
+        raise ArtifactError(
+            f"ONNX Runtime cannot load {path}: {exc}. The file is damaged or not an ONNX "
+            f"model: restore a pipeline output from the DVC cache with `uv run dvc checkout "
+            f"--force {path}`, or rebuild it with `uv run dvc repro export`"
+        ) from exc
     used = session.get_providers()[0]
     if providers[0] == CUDA and used != CUDA:
         _warn_fallback(path, used)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from pipeline.data import normalize
-from pipeline.data.imagefolder import _FORMATS as IMAGE_FORMATS  # the decoders data sets use
+from pipeline.data.imagefolder import FORMATS as IMAGE_FORMATS  # the decoders data sets use
 from pipeline.data.imagefolder import IMAGE_SUFFIXES
 from pipeline.errors import ArtifactError, DataError
 from pipeline.evaluate import open_session
@@ -81,12 +81,30 @@ class OnnxClassifier:
         feed = {self.session.get_inputs()[0].name: batch}
         return self.session.run(None, feed)[0]
 
-    def predict(self, paths: Sequence[Path], top_k: int) -> Iterator[Prediction]:
-        """Predictions for image files, in order, ``BATCH_SIZE`` images at a time."""
+    def predict(
+        self,
+        paths: Sequence[Path],
+        top_k: int,
+        on_unreadable: Callable[[Path, DataError], None] | None = None,
+    ) -> Iterator[Prediction]:
+        """Predictions for image files, in order, ``BATCH_SIZE`` images at a time.
+
+        A file that cannot be decoded raises ``DataError``; with ``on_unreadable`` it is
+        passed there instead and skipped, and the other files are classified."""
         for start in range(0, len(paths), BATCH_SIZE):
-            chunk = paths[start : start + BATCH_SIZE]
-            images = np.stack([self.read(path) for path in chunk])
-            for path, row in zip(chunk, self.logits(images), strict=True):
+            chunk, images = [], []
+            for path in paths[start : start + BATCH_SIZE]:
+                try:
+                    images.append(self.read(path))
+                except DataError as error:
+                    if on_unreadable is None:
+                        raise
+                    on_unreadable(path, error)
+                    continue
+                chunk.append(path)
+            if not chunk:
+                continue
+            for path, row in zip(chunk, self.logits(np.stack(images)), strict=True):
                 yield Prediction(path, row.tolist(), top_classes(row, self.classes, top_k))
 
     def read(self, path: Path) -> np.ndarray:

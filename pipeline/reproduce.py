@@ -168,6 +168,34 @@ def rebuild_commands(source: Path, workdir: Path, commit: str) -> list[list[str]
     ]
 
 
+def dry_run_steps(
+    recorded: RecordedModelVersion, source: Path, workdir: Path, commit: str
+) -> list[str]:
+    """Every step of a rebuild, as ``jst reproduce --dry-run`` prints them: the commands, the
+    recorded ``params.yaml`` written between checkout and ``dvc repro``, the comparison."""
+    clone, checkout, repro = rebuild_commands(source, workdir, commit)
+    committed = git_output(source, "show", f"{commit}:params.yaml")
+    if committed is None:
+        whose = "compared with the commit's once it is checked out"
+    elif committed == recorded.record["params_yaml"].strip():
+        whose = "the same as the commit's"
+    else:
+        whose = "differs from the commit's: the run was a `dvc exp run -S ...`"
+    return [
+        "$ " + " ".join(clone),
+        "$ " + " ".join(checkout),
+        f"write the params.yaml the run recorded to {workdir / 'params.yaml'} ({whose})",
+        f"$ {' '.join(repro)}   # in {workdir}, logging to {workdir / 'mlflow.db'}",
+        f"compare {workdir / 'metrics'} and {workdir / 'dvc.lock'} with the records "
+        "(architecture, counts, accuracies, DVC input hashes)",
+    ]
+
+
+def default_workdir_name(version: str) -> str:
+    """The prefix of the temporary folder a rebuild without --workdir gets."""
+    return f"jst-rebuild-v{version}-"
+
+
 # --------------------------------------------------------------------------- rebuild
 
 
@@ -231,10 +259,7 @@ def compare(
     """The rebuilt ``metrics/evaluate.json`` and ``dvc.lock`` against the records; accuracy
     metrics may differ by ``tolerance``, everything else must be equal."""
     tolerance = check_tolerance(tolerance)
-    evaluate_json = workdir / "metrics" / "evaluate.json"
-    if not evaluate_json.is_file():
-        raise PipelineError(f"{evaluate_json} is missing: the rebuild did not finish.")
-    rebuilt = json.loads(evaluate_json.read_text(encoding="utf-8"))
+    rebuilt = rebuilt_evaluation(workdir)
     # Runs recorded before the tags lost their "jst." prefix carry jst.arch_sha256.
     run_tags = recorded.run_tags
     arch = (
@@ -255,6 +280,20 @@ def compare(
     for path, md5 in sorted((recorded.record.get("dvc") or {}).get("deps", {}).items()):
         outcome.inputs.append(Check(path, md5, locked.get(path)))
     return outcome
+
+
+def rebuilt_evaluation(workdir: Path) -> dict[str, Any]:
+    """What the rebuild's evaluate stage wrote: ``metrics/evaluate.json`` (the values compared
+    across runs) with ``metrics/details/evaluate.json`` (counts, timings, the hash), where the
+    rebuilt commit writes one."""
+    evaluate_json = workdir / "metrics" / "evaluate.json"
+    if not evaluate_json.is_file():
+        raise PipelineError(f"{evaluate_json} is missing: the rebuild did not finish.")
+    rebuilt = json.loads(evaluate_json.read_text(encoding="utf-8"))
+    details = workdir / "metrics" / "details" / "evaluate.json"
+    if details.is_file():
+        rebuilt = json.loads(details.read_text(encoding="utf-8")) | rebuilt
+    return rebuilt
 
 
 def is_timing(metric: str) -> bool:

@@ -34,6 +34,7 @@ COMPACT_DIR = ROOT / "models" / "compact"
 ONNX_MODEL = ROOT / "models" / "model.onnx"
 DENSE_ONNX = ROOT / "models" / "dense.onnx"
 METRICS_DIR = ROOT / "metrics"
+DETAILS_DIR = METRICS_DIR / "details"  # every value a stage records; not a DVC metric
 PLOTS_DIR = METRICS_DIR / "plots"
 CHECKPOINT_DIR = ROOT / "checkpoints"
 
@@ -112,6 +113,23 @@ def write_json(path: Path, data: dict) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def write_metrics(stage: str, record: dict, compared: tuple[str, ...]) -> dict:
+    """Write a stage's results: the few values a person compares across runs (``compared``,
+    those the record has) to ``metrics/<stage>.json``, the DVC metric that ``dvc metrics
+    show`` and ``dvc exp show`` print, and the whole record to ``metrics/details/<stage>.json``
+    (a plain output: counts, per-batch timings, hashes). Returns the compared values."""
+    headline = {key: record[key] for key in compared if key in record}
+    write_json(DETAILS_DIR / f"{stage}.json", record)
+    write_json(METRICS_DIR / f"{stage}.json", headline)
+    return headline
+
+
+def done(stage: str, summary: str) -> None:
+    """The line a stage ends with: what it did, in words and the numbers that matter."""
+    line = Text.assemble((f"{stage}:", "bold green"), " ", summary)
+    console.print(line, highlight=False, soft_wrap=True)
+
+
 def write_csv(path: Path, rows: list[dict]) -> None:
     fields: list[str] = []
     for row in rows:
@@ -137,7 +155,7 @@ def run_name(cfg: PipelineConfig) -> str:
     return f"{cfg.model.arch}-{s.method}-{budget}-{cfg.data.dataset}-seed{cfg.seed}"
 
 
-def _display_path(path: Path) -> Path:
+def display_path(path: Path) -> Path:
     path = path.resolve()
     return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
 
@@ -172,11 +190,11 @@ def tracked_stage(cfg: PipelineConfig, stage: str, inputs: list[Path]) -> Iterat
     parent_record = record | {"stage": None, "dvc": {"stage": None, "deps": {}}}
     tracker = pipeline_tracker(cfg, parent_record)
     tags = provenance.record_tags(record)
-    tags |= tracking.input_hash_tags([_display_path(p) for p in inputs if p.exists()], ROOT)
+    tags |= tracking.input_hash_tags([display_path(p) for p in inputs if p.exists()], ROOT)
     tags["dvc.stage"] = stage
     with tracker.stage_run(stage, tags) as run:
         run.log_dict(record, provenance.RECORD_FILE)
-        prepared_key = f"input.{_display_path(PREPARED_DIR).as_posix()}"
+        prepared_key = f"input.{display_path(PREPARED_DIR).as_posix()}"
         if prepared_key in tags:  # the stage reads data/prepared: its dataset input
             log_prepared_dataset(run, cfg, stage, tags[prepared_key])
         yield run

@@ -9,16 +9,19 @@ from pipeline.pruning.flops import count_flops, count_params
 from pipeline.train import evaluate, train
 from stages.common import (
     COMPACT_DIR,
-    METRICS_DIR,
     PLOTS_DIR,
     PREPARED_DIR,
     SEARCHED_DIR,
+    display_path,
+    done,
     run_stage,
     start,
     write_csv,
-    write_json,
+    write_metrics,
 )
 from stages.training import training_stage
+
+COMPARED = ("val_top1_before", "val_top1")  # in metrics/finetune.json; the rest in details/
 
 
 def main() -> None:
@@ -52,7 +55,7 @@ def main() -> None:
         after = evaluate(model, data.val, data, device)["top1"]
         save_compact(COMPACT_DIR, spec, model.cpu())
         write_csv(PLOTS_DIR / "finetune_history.csv", history)
-        metrics = {
+        record = {
             "arch_sha256": spec.sha256,
             "val_top1_before": before,
             "val_top1": after,
@@ -61,8 +64,13 @@ def main() -> None:
             "params": count_params(model),
             **stage.numerics,
         }
-        write_json(METRICS_DIR / "finetune.json", metrics)
-        run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)})
+        write_metrics("finetune", record, COMPARED)
+        run.log_metrics({k: v for k, v in record.items() if isinstance(v, int | float)})
+        done(
+            "finetune",
+            f"val top-1 {100 * before:.2f} % → {100 * after:.2f} % in {cfg.finetune.epochs} "
+            f"epochs ({record['precision']}); {display_path(COMPACT_DIR)}",
+        )
         run.log_artifact(COMPACT_DIR / "arch.json", "architecture")
         if history:
             ys = ["train_top1", "val_top1"]

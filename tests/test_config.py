@@ -56,9 +56,9 @@ def test_registry_names_are_left_to_the_registries():
         resolve_names(cfg)
 
 
-def test_speed_settings_default_to_auto_and_accept_their_words():
+def test_speed_settings_default_to_portable_fp32_and_accept_their_words():
     train = parse_config({}).train
-    assert (train.precision, train.memory_format, train.compile) == ("auto", "auto", False)
+    assert (train.precision, train.memory_format, train.compile) == ("fp32", "auto", False)
     chosen = parse_config(
         {"train": {"precision": "bf16", "memory_format": "channels_last", "compile": True}}
     ).train

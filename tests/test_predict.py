@@ -7,6 +7,7 @@ The models are a channel-mean classifier with known logits: a pure colour normal
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,13 +171,35 @@ def test_clear_errors_for_bad_images(tmp_path, models):
     assert "image /nowhere/x.png does not exist" in error_of(
         ["/nowhere/x.png", "--model", models["image"]]
     )
-    fake = tmp_path / "fake.png"
-    fake.write_bytes(b"\x89PNG but not really")
-    assert f"cannot read image {fake}" in error_of([str(fake), "--model", models["image"]])
     (tmp_path / "empty").mkdir()
     assert "holds no .png/.jpg/.jpeg files" in error_of(
         [str(tmp_path / "empty"), "--model", models["image"]]
     )
+
+
+def test_unreadable_images_are_reported_and_skipped_and_the_rest_classified(
+    tmp_path, models, colour_files
+):
+    folder = colour_files[0].parent
+    fake = folder / "fake.png"
+    fake.write_bytes(b"\x89PNG but not really")
+    result = runner.invoke(app, ["predict", str(folder), "--model", models["image"]])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    classified = [line.split()[0] for line in result.stdout.splitlines()]
+    assert classified == [str(path) for path in sorted(colour_files)]
+    errors = " ".join(result.stderr.split())
+    assert f"skipped: cannot read image {fake}" in errors
+    assert errors.endswith("error: 1 of 4 images could not be read (skipped above); 3 classified")
+
+
+def test_a_damaged_model_file_error_says_how_to_restore_it(tmp_path, models, colour_files):
+    damaged = tmp_path / "model.onnx"
+    whole = Path(models["image"]).read_bytes()
+    damaged.write_bytes(whole[: len(whole) // 2])
+    message = error_of([str(colour_files[0]), "--model", str(damaged)])
+    assert f"ONNX Runtime cannot load {damaged}" in message
+    assert f"uv run dvc checkout --force {damaged}" in message
 
 
 def test_clear_errors_for_bad_models(tmp_path, models, colour_files, monkeypatch):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.errors import PipelineError
-from pipeline.reproduce import DEFAULT_TOLERANCE, compare, rebuild, report
+from pipeline.reproduce import DEFAULT_TOLERANCE, compare, dry_run_steps, rebuild, report
 from pipeline.tracking import RecordedModelVersion
 
 ARCH = "2e52ff84a08818ea7d0b161ac12f355f6b3b83e4e16ca13eb2fc679ba99cf637"
@@ -161,3 +162,49 @@ def test_cli_tolerance_defaults_to_the_library_constant_and_checks_its_range() -
     assert "--tolerance" in help_text and "top1" in help_text
     bad = runner.invoke(app, ["reproduce", "--tolerance", "1.5", "--dry-run"])
     assert bad.exit_code == 2 and "--tolerance" in bad.output
+
+
+def test_counts_a_rebuild_writes_to_the_details_file_are_compared_too(tmp_path: Path) -> None:
+    """A rebuild of this code writes the compared values to metrics/evaluate.json and the
+    rest (test_size, the hash, ...) to metrics/details/evaluate.json: both are checked."""
+    folder = rebuilt_folder(tmp_path)
+    everything = json.loads((folder / "metrics" / "evaluate.json").read_text())
+    headline = {key: everything[key] for key in ("top1", "top5", "flops_ratio", "params")}
+    (folder / "metrics" / "evaluate.json").write_text(json.dumps(headline))
+    (folder / "metrics" / "details").mkdir()
+    details = folder / "metrics" / "details" / "evaluate.json"
+    details.write_text(json.dumps(everything))
+    assert compare(recorded_version(), folder).bit_for_bit
+    details.write_text(json.dumps(everything | {"test_size": 358}))
+    outcome = compare(recorded_version(), folder)
+    assert [check.name for check in outcome.failed] == ["test_size"]
+
+
+def test_dry_run_names_the_rebuild_folder_and_every_step(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "params.yaml").write_text("seed: 1\n")
+    git = ["git", "-C", str(source), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "params.yaml"], check=True)
+    subprocess.run([*git, "commit", "-qm", "params"], check=True)
+    commit = subprocess.run(
+        [*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    workdir = tmp_path / "rebuild"
+    steps = dry_run_steps(recorded_version(), source, workdir, commit)  # records "seed: 0"
+    assert steps[0] == f"$ git clone --quiet --no-checkout {source} {workdir}"
+    assert steps[1] == f"$ git -C {workdir} checkout --quiet --detach {commit}"
+    assert steps[2] == (
+        f"write the params.yaml the run recorded to {workdir / 'params.yaml'} "
+        "(differs from the commit's: the run was a `dvc exp run -S ...`)"
+    )
+    assert steps[3].startswith(f"$ dvc repro   # in {workdir}")
+    assert steps[4].startswith(f"compare {workdir / 'metrics'} and {workdir / 'dvc.lock'}")
+    (source / "params.yaml").write_text("seed: 0\n")
+    subprocess.run([*git, "commit", "-qam", "the recorded params"], check=True)
+    head = subprocess.run(
+        [*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    same = dry_run_steps(recorded_version(), source, workdir, head)[2]
+    assert same.endswith("(the same as the commit's)")

@@ -2,12 +2,13 @@
 
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from pipeline.config import parse_config
+from pipeline.config import load_config, parse_config
 from pipeline.errors import PipelineError
 from pipeline.train import (
     autocast_dtype,
@@ -22,6 +23,7 @@ from pipeline.train import (
 )
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")  # a device object needs no GPU
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def settings(**train):
@@ -62,8 +64,9 @@ def amx(request, monkeypatch):
     return request.param
 
 
-def test_auto_is_fast_on_cuda_and_on_cpus_with_matrix_units_else_plain_fp32(amx):
-    auto = settings()
+def test_auto_is_fast_on_cuda_and_on_cpus_with_matrix_units_else_plain_fp32(amx, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    auto = settings(precision="auto")
     assert autocast_dtype(auto, CPU) == (torch.bfloat16 if amx else None)
     assert uses_channels_last(auto, CPU) == amx
     assert training_numerics(auto, CPU) == (
@@ -84,11 +87,31 @@ def test_auto_is_fast_on_cuda_and_on_cpus_with_matrix_units_else_plain_fp32(amx)
 
 def test_auto_without_matrix_units_leaves_cpu_training_bit_for_bit_unchanged(monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    auto_net, auto_stats = run_steps(settings())
+    auto_net, auto_stats = run_steps(settings(precision="auto"))
     plain_net, plain_stats = run_steps(settings(precision="fp32", memory_format="contiguous"))
     assert auto_stats == plain_stats
     for auto_param, plain_param in zip(auto_net.parameters(), plain_net.parameters(), strict=True):
         assert torch.equal(auto_param, plain_param)
+
+
+def test_shipped_params_train_alike_on_cpus_with_and_without_matrix_units(monkeypatch):
+    """The quickstart's params.yaml resolves to the same numerics whichever way the AMX
+    probe answers, and trains bit for bit the same, so a clean clone's `dvc repro` gives
+    the committed architecture on either kind of CPU; `auto` (one parameter away) does
+    differ, which is what the shipped default avoids."""
+    shipped = load_config(ROOT / "params.yaml").train
+    resolved, trained = {}, {}
+    for has_amx in (True, False):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda has_amx=has_amx: has_amx)
+        resolved[has_amx] = training_numerics(shipped, CPU)
+        trained[has_amx] = run_steps(shipped)
+        auto = training_numerics(shipped.model_copy(update={"precision": "auto"}), CPU)
+        assert auto["precision"] == ("bf16" if has_amx else "fp32")
+    assert resolved[True] == resolved[False] == {"precision": "fp32", "memory_format": "contiguous"}
+    (amx_net, amx_stats), (plain_net, plain_stats) = trained[True], trained[False]
+    assert amx_stats == plain_stats
+    for amx_param, plain_param in zip(amx_net.parameters(), plain_net.parameters(), strict=True):
+        assert torch.equal(amx_param, plain_param)
 
 
 def test_requested_bf16_and_channels_last_apply_on_cpu_too():

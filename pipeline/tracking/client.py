@@ -78,9 +78,33 @@ def make_client(uri: str) -> LockTolerantClient:
         os.environ.setdefault(variable, value)
     from mlflow import MlflowClient
 
+    quiet_mlflow_logs()
     with store_creation_lock(uri):  # MLflow creates or migrates the schema here
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     return LockTolerantClient(client)
+
+
+# MLflow's routine INFO lines on every connection to a SQLite store ("Create SQLAlchemy
+# engine with pool options ...", "Creating initial MLflow database tables...") say nothing a
+# user acts on; its warnings and errors still show.
+_ROUTINE_INFO_LOGGERS = ("mlflow.store.db.utils", "alembic.runtime.migration")
+# Warnings that flag no problem here: uv environments have no pip, and a model's conda.yaml
+# then names pip without a version, which nobody installs from (serving uses this env).
+_HARMLESS_WARNINGS = ("Failed to resolve installed pip version",)
+
+
+class _DropHarmlessWarnings(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_HARMLESS_WARNINGS)
+
+
+def quiet_mlflow_logs() -> None:
+    """Silence MLflow's routine INFO lines and its harmless pip warning (idempotent)."""
+    for name in _ROUTINE_INFO_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    environment = logging.getLogger("mlflow.utils.environment")
+    if not any(isinstance(f, _DropHarmlessWarnings) for f in environment.filters):
+        environment.addFilter(_DropHarmlessWarnings())
 
 
 @contextmanager

@@ -71,12 +71,25 @@ def _width_table(spec: Mapping[str, Any]) -> list[str]:
     widths: Mapping[str, int] = spec["widths"]
     dense = _dense_widths(spec)
     groups = [group for group in dense if group in widths] if dense else sorted(widths)
-    rows = ["| channel group | kept | dense |", "|---|---:|---:|"]
-    rows += [f"| {group} | {widths[group]} | {dense.get(group, '?')} |" for group in groups]
+    cells = [(group, str(widths[group]), str(dense.get(group, "?"))) for group in groups]
     kept, total = sum(widths.values()), sum(dense.values()) if dense else None
     if total:
-        rows.append(f"| **all** | {kept} | {total} |")
-    return rows
+        cells.append(("**all**", str(kept), str(total)))
+    return aligned_table(("channel group", "kept", "dense"), cells)
+
+
+def aligned_table(header: tuple[str, ...], cells: list[tuple[str, ...]]) -> list[str]:
+    """A Markdown table whose columns line up in plain text too (the registry's description
+    is read raw as often as rendered): names left, numbers right."""
+    widths = [max(len(row[i]) for row in (header, *cells)) for i in range(len(header))]
+
+    def line(row: tuple[str, ...]) -> str:
+        numbers = zip(row[1:], widths[1:], strict=True)
+        padded = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in numbers]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join(["-" * (widths[0] + 2)] + ["-" * (w + 1) + ":" for w in widths[1:]])
+    return [line(header), rule + "|", *(line(row) for row in cells)]
 
 
 def _dense_widths(spec: Mapping[str, Any]) -> dict[str, int]:

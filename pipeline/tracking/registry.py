@@ -47,6 +47,8 @@ def _log_onnx_model(
 ) -> str:
     import mlflow.onnx
 
+    from pipeline.evaluate import select_providers
+
     # Created here, in this run's experiment: left to itself, Model.log would put the
     # logged model in the global default experiment, as no fluent run is active.
     logged = client.create_logged_model(
@@ -61,6 +63,10 @@ def _log_onnx_model(
         # Explicit requirements skip MLflow's inference, which reloads the model in a
         # subprocess.
         pip_requirements=mlflow.onnx.get_default_pip_requirements(),
+        # What `mlflow models serve` asks ONNX Runtime for: CUDA only where this host can run
+        # it. MLflow's default tries CUDA first everywhere, and onnxruntime-gpu on a host
+        # without a GPU prints an error (missing CUDA libraries) before falling back to CPU.
+        onnx_execution_providers=select_providers("auto"),
         # One self-contained file unless protobuf's 2 GiB limit forces external data.
         save_as_external_data=model.ByteSize() >= 2**31 - 2**20,
     )

@@ -7,11 +7,18 @@ experiment's ``mlflow.experimentKind`` tag is not read by that UI. The URLs buil
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import time
+import urllib.error
 import urllib.parse
+import urllib.request
+from collections.abc import Callable
 
 from pipeline.tracking.client import make_client
 
 MODEL_TRAINING_QUERY = "workflowType=machine_learning"
+UI_START_TIMEOUT_S = 300  # MLflow's UI takes 5-40 s to answer on a loaded 2-core machine
 
 
 def model_training_url(base_url: str, tracking_uri: str, experiment: str) -> str:
@@ -23,3 +30,39 @@ def model_training_url(base_url: str, tracking_uri: str, experiment: str) -> str
         return f"{base}/#/experiments?{MODEL_TRAINING_QUERY}"
     experiment_id = urllib.parse.quote(str(found.experiment_id))
     return f"{base}/#/experiments/{experiment_id}/runs?{MODEL_TRAINING_QUERY}"
+
+
+def run_ui(
+    command: list[str], probe_url: str, on_ready: Callable[[], None], timeout_s: float = 0
+) -> int:
+    """Run the UI server ``command`` until it exits or Ctrl-C; call ``on_ready`` once
+    ``probe_url`` answers, so that an address is printed when it can be opened. Returns
+    the server's exit status (0 after Ctrl-C)."""
+    server = subprocess.Popen(command)
+    deadline = time.monotonic() + (timeout_s or UI_START_TIMEOUT_S)
+    try:
+        while server.poll() is None and not _answers(probe_url):
+            if time.monotonic() > deadline:
+                server.terminate()
+                server.wait()
+                raise TimeoutError(f"the MLflow UI did not answer at {probe_url} in time")
+            time.sleep(0.25)
+        if server.poll() is None:
+            on_ready()
+        return server.wait()
+    except KeyboardInterrupt:  # the terminal sent SIGINT to the server as well
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        return 0
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False

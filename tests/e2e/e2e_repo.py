@@ -180,7 +180,11 @@ class E2ERepo:
         self.params_path.write_text(yaml.safe_dump(dict(params), sort_keys=False))
 
     def metrics(self, stage: str) -> dict[str, Any]:
-        return json.loads((self.root / "metrics" / f"{stage}.json").read_text())
+        """Everything ``stage`` recorded: metrics/<stage>.json (the DVC metric) and, where
+        the stage writes one, metrics/details/<stage>.json."""
+        record = json.loads((self.root / "metrics" / f"{stage}.json").read_text())
+        details = self.root / "metrics" / "details" / f"{stage}.json"
+        return json.loads(details.read_text()) | record if details.is_file() else record
 
     def sha256(self, relative: str) -> str:
         return hashlib.sha256((self.root / relative).read_bytes()).hexdigest()

@@ -132,8 +132,12 @@ def assert_described(description: str, spec: ArchSpec) -> None:
     assert "FLOPs 5.06 M (0.499 of dense 10.1 M)" in description
     assert "params 93.2 k (dense 272 k)" in description
     assert "test top-1 99.44 %" in description
-    assert "| stages.2.0.conv1 | 32 | 64 |" in description  # kept vs dense width
-    assert "| stem | 8 | 16 |" in description
+    table = [line for line in description.splitlines() if line.startswith("|")]
+    assert len({len(line) for line in table}) == 1, table  # padded: columns line up as text
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in table]
+    assert cells[0] == ["channel group", "kept", "dense"]
+    assert ["stages.2.0.conv1", "32", "64"] in cells  # kept vs dense width
+    assert ["stem", "8", "16"] in cells
     assert spec.sha256 in description
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -58,11 +59,16 @@ def test_ui_serves_the_store_and_prints_the_model_training_address(store_uri, cl
     command = [sys.executable, "-m", "pipeline.cli", "ui", "--port", str(port)]
     process = start_logged(command, tmp_path, env, log_path)
     base = f"http://127.0.0.1:{port}"
+    expected = f"{base}/#/experiments/{experiment_id}/runs?{MODEL_TRAINING_QUERY}"
     try:
-        wait_for_health(base, process, 120, log_path, name="jst ui")
+        deadline = time.monotonic() + 120
+        while expected not in log_path.read_text():
+            assert process.poll() is None, log_path.read_text()[-2000:]
+            assert time.monotonic() < deadline, log_path.read_text()[-2000:]
+            time.sleep(0.2)
+        # The address is printed once the UI answers: opening it at once works.
         with urllib.request.urlopen(base, timeout=10) as response:
             assert response.status == 200 and b"<html" in response.read().lower()
+        wait_for_health(base, process, 10, log_path, name="jst ui")
     finally:
         stop_server(process)
-    expected = f"{base}/#/experiments/{experiment_id}/runs?{MODEL_TRAINING_QUERY}"
-    assert expected in log_path.read_text()

@@ -57,6 +57,12 @@ def test_result_meets_budget_and_logs_every_iteration():
     assert {"val_top1", "flops_ratio", "reward", "budget", "sigma", "policy_entropy"} <= set(
         result.history[0]
     )
+    # best_val_top1 has a value from the first iteration that met the budget on: none
+    # before (a chart would read a 0 there as zero accuracy), the best so far after.
+    first_met = next(i for i, h in enumerate(result.history) if h["meets_budget"])
+    assert all("best_val_top1" not in h for h in result.history[:first_met])
+    best = [h["best_val_top1"] for h in result.history[first_met:]]
+    assert best == sorted(best) and best[0] == result.history[first_met]["val_top1"]
 
 
 def test_updater_writes_kept_indices_and_leaves_dropped_untouched():
