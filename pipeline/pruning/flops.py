@@ -105,7 +105,7 @@ def _term(wiring: LayerWiring, module: nn.Module, macs: int) -> _Term:
     """MACs as coefficient x in-width x out-width over the widths that vary: linear in
     each for a conv or linear layer; linear in its width alone for a depthwise conv."""
     conv = isinstance(module, nn.Conv2d)
-    in_c = module.in_channels if conv else module.in_features
+    in_c = module.in_channels if conv else module.in_features // wiring.in_block
     out_c = module.out_channels if conv else module.out_features
     in_group = None if wiring.kind == "dwconv" else wiring.in_group
     divisor = (in_c if in_group else 1) * (out_c if wiring.out_group else 1)

@@ -34,6 +34,9 @@ class LayerWiring:
     kind: str  # "conv", "dwconv", "linear" or "bn" (see the module docstring)
     out_group: str | None
     in_group: str | None = None
+    # Input features per input channel: a linear layer reading an N x C x H x W map
+    # flattened into C * H * W features reads H * W of them (channel-major) per channel.
+    in_block: int = 1
 
 
 @dataclass(frozen=True)
@@ -88,8 +91,15 @@ class ChannelLayout:
     def mark_coupled(self, name: str) -> None:
         self.groups[name] = replace(self.groups[name], coupled=True)
 
-    def wire(self, module: str, kind: str, out_group: str | None, in_group: str | None = None):
-        self.layers.append(LayerWiring(module, kind, out_group, in_group))
+    def wire(
+        self,
+        module: str,
+        kind: str,
+        out_group: str | None,
+        in_group: str | None = None,
+        in_block: int = 1,
+    ):
+        self.layers.append(LayerWiring(module, kind, out_group, in_group, in_block))
 
     def dense_widths(self) -> dict[str, int]:
         return {name: g.width for name, g in self.groups.items()}

@@ -100,7 +100,7 @@ def _resized(module: nn.Module, wiring: LayerWiring, widths: dict[str, int]) -> 
         )
     if isinstance(module, nn.Linear):
         out_f = width(wiring.out_group, module.out_features)
-        in_f = width(wiring.in_group, module.in_features)
+        in_f = width(wiring.in_group, module.in_features // wiring.in_block) * wiring.in_block
         if (out_f, in_f) == (module.out_features, module.in_features):
             return module
         return nn.Linear(in_f, out_f, bias=module.bias is not None)
@@ -141,8 +141,16 @@ def _sliced_tensors(layout: ChannelLayout, keep: KeptChannels):
             continue
         if wiring.kind == "dwconv":  # weight: out x 1 x kh x kw, one filter per channel
             in_idx = None
+        if in_idx is not None and wiring.in_block > 1:
+            in_idx = _block_indices(in_idx, wiring.in_block)
         yield wiring.module, "weight", (out_idx, in_idx)
         yield wiring.module, "bias", (out_idx,)
+
+
+def _block_indices(channels: torch.Tensor, block: int) -> torch.Tensor:
+    """The features of the kept channels of a flattened map: channel c is the block of
+    features c * block .. c * block + block - 1 (flatten is channel-major)."""
+    return (channels.view(-1, 1) * block + torch.arange(block, device=channels.device)).flatten()
 
 
 def _kept_part(tensor: torch.Tensor, dims: tuple) -> torch.Tensor:

@@ -67,6 +67,7 @@ class Layer:
     kind: str  # "conv", "dwconv", "linear" or "bn"
     out_elem: int | None
     in_elem: int | None = None
+    in_block: int = 1  # input features per input channel (after a flatten of H x W > 1)
 
 
 @dataclass
@@ -78,6 +79,9 @@ class Analysis:
     uf: UnionFind = field(default_factory=UnionFind)
     elem: dict[fx.Node, int] = field(default_factory=dict)
     gated: dict[fx.Node, bool] = field(default_factory=dict)
+    # Tensors that are a map of C channels flattened into C x block features; only
+    # pass-through ops and linear layers may read them (see rules.reads_blocks).
+    block: dict[fx.Node, int] = field(default_factory=dict)
     layers: list[Layer] = field(default_factory=list)
     calls: dict[str, int] = field(default_factory=dict)
     adds: set[fx.Node] = field(default_factory=set)
@@ -107,7 +111,8 @@ class Analysis:
         self.read(layer, source)
         self.elem[node] = self.uf.new(channels(node), layer)
         self.gated[node] = layer in self.output_gates
-        self.layers.append(Layer(node, layer, kind, self.elem[node], self.elem.get(source)))
+        block = self.block.get(source, 1)
+        self.layers.append(Layer(node, layer, kind, self.elem[node], self.elem.get(source), block))
 
     def pass_on(self, node: fx.Node, source: fx.Node | None, *, keeps_zero: bool = True) -> None:
         """``node`` carries ``source``'s channels one to one (gated if f(0) == 0)."""
@@ -116,6 +121,14 @@ class Analysis:
             return
         self.elem[node] = self.elem[source]
         self.gated[node] = keeps_zero and self.gated[source]
+        if source in self.block:
+            self.block[node] = self.block[source]
+
+    def flatten_blocks(self, node: fx.Node, source: fx.Node, block: int) -> None:
+        """``node`` is ``source``'s C channels flattened into C x ``block`` features."""
+        self.elem[node] = self.elem[source]
+        self.gated[node] = self.gated[source]
+        self.block[node] = block
 
     def unknown(self, node: fx.Node, why: str = "may mix channels") -> None:
         """An op that may mix channels: its inputs and its output are whole."""

@@ -29,7 +29,8 @@ class LayoutBuilder:
         for layer in self.analysis.layers:
             out_group = self._group_of(layer.out_elem, names)
             in_group = self._group_of(layer.in_elem, names)
-            layout.wire(layer.module, layer.kind, out_group, in_group)
+            in_block = layer.in_block if in_group is not None else 1
+            layout.wire(layer.module, layer.kind, out_group, in_group, in_block)
         self._attach_bns_and_scores(layout, names)
         return layout
 

@@ -92,7 +92,9 @@ def call_keeps_zero(node: fx.Node) -> bool:
 
 def apply(a: Analysis, node: fx.Node) -> None:
     """Move ``node``'s channel elements by the rule of its op."""
-    if node.op == "placeholder":
+    if node.op.startswith("call_") and reads_blocks(a, node) and not _block_aware(a, node):
+        a.unknown(node, "reads channels flattened with their map (only a linear layer may)")
+    elif node.op == "placeholder":
         a.fresh(node, "the network input (image channels)")
     elif node.op == "output":
         for source in node.all_input_nodes:
@@ -121,6 +123,24 @@ def _apply_module(a: Analysis, node: fx.Node) -> None:
             rule(a, node, name, module)
             return
     a.unknown(node)
+
+
+def reads_blocks(a: Analysis, node: fx.Node) -> bool:
+    """Whether ``node`` reads a map flattened into features (channel blocks)."""
+    return any(source in a.block for source in node.all_input_nodes)
+
+
+def _block_aware(a: Analysis, node: fx.Node) -> bool:
+    """Ops that keep channel blocks intact: a linear layer and the one-to-one ops (dropout,
+    activations) between the flatten and it."""
+    if node.op == "call_module":
+        module = a.modules[str(node.target)]
+        return isinstance(module, (nn.Linear, *PASS_MODULES, *UNGATING_MODULES))
+    if node.op == "call_method":
+        return node.target in PASS_METHODS | UNGATING_METHODS | METADATA_METHODS
+    if node.op == "call_function":
+        return node.target in PASS_FUNCTIONS | UNGATING_FUNCTIONS | METADATA_FUNCTIONS
+    return False
 
 
 def _source(node: fx.Node) -> fx.Node | None:
@@ -246,15 +266,20 @@ def _flatten_call(a: Analysis, node: fx.Node) -> None:
 
 
 def _flatten(a: Analysis, node: fx.Node, start: int, end: int) -> None:
+    """N x C x H x W -> N x (C H W): channel c becomes the features c*HW .. c*HW + HW - 1,
+    a block a linear layer reading them slices whole (VGG's and AlexNet's classifiers)."""
     source = _source(node)
     before = shape(source)
+    if before is None or source not in a.elem or start != 1 or end not in (-1, len(before) - 1):
+        a.unknown(node, "flattens other dimensions than the channels and the map")
+        return
     spatial = 1
-    for side in before[2:] if before is not None else ():
+    for side in before[2:]:
         spatial *= side
-    if before is not None and start == 1 and end in (-1, len(before) - 1) and spatial == 1:
+    if spatial == 1:
         a.pass_on(node, source)
     else:
-        a.unknown(node, "flattens a feature map larger than 1x1 into features")
+        a.flatten_blocks(node, source, spatial)
 
 
 def _reshape(a: Analysis, node: fx.Node) -> None:
