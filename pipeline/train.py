@@ -187,7 +187,8 @@ def make_loader(
             augment=augmentation,
             seed=seed,
             device=device,
-            workers=settings.workers,
+            # Measuring loaders draw a few batches: decoding them here beats starting workers.
+            workers=settings.workers if rank_share else 0,
             rank=ranks[0],
             world=ranks[1],
         )

@@ -6,7 +6,7 @@ int64 labels on the device, for a ``ShardedSplit``. Each epoch is a plan compute
 
 * training (``shuffle``): the shards are permuted; rank ``r`` of ``n`` takes every n-th
   (ranks read disjoint parts), its worker ``w`` of ``W`` every W-th of those; each shard's
-  samples are permuted too. Every rank runs ``len(split) // batch_size`` steps of
+  samples are permuted too. Every rank runs ``len(split) // batch_size`` steps (at least one) of
   ``batch_size / n`` samples; a worker whose shards hold more than its share leaves the
   rest for later epochs, one whose shards hold less starts its shards over (at most a
   shard either way, shards being of equal size but the last).
@@ -112,11 +112,6 @@ class StreamingLoader:
                 f"train.batch_size = {batch_size} does not split evenly over {world} processes; "
                 f"set a multiple of {world} (streamed data give each process an equal share)."
             )
-        if shuffle and len(split) < batch_size:
-            raise DataError(
-                f"the training split has {len(split)} samples, fewer than one batch of "
-                f"{batch_size}; lower train.batch_size."
-            )
         self.split = split
         self.device = torch.device(device)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device)
@@ -141,8 +136,8 @@ class StreamingLoader:
         self.epoch, self.start_batch = epoch, start_batch
 
     def __len__(self) -> int:
-        if self.shuffle:
-            return len(self.split) // self.batch_size
+        if self.shuffle:  # whole batches; a split smaller than one batch fills one
+            return max(1, len(self.split) // self.batch_size)
         return sum(math.ceil(sum(counts) / self.batch_size) for counts in self._eval_counts())
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
