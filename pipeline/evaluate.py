@@ -133,6 +133,27 @@ def top_k_accuracy(
     return {f"top{k}": hits[k] / len(images) for k in ks}
 
 
+
+def split_top_k(
+    session: ort.InferenceSession,
+    batches,
+    to_inputs: Callable[[torch.Tensor], np.ndarray],
+    *,
+    ks: tuple[int, ...] = (1, 5),
+) -> dict[str, float]:
+    """``top_k_accuracy`` over ``batches`` of uint8 images and labels (a split's
+    ``batches()``: in memory or streamed), each turned into the session's input by
+    ``to_inputs``; one batch in memory at a time."""
+    hits, count = dict.fromkeys(ks, 0), 0
+    for images, labels in batches:
+        result = top_k_accuracy(session, to_inputs(images), labels.numpy(), ks=ks)
+        for k in ks:
+            hits[k] += round(result[f"top{k}"] * len(labels))
+        count += len(labels)
+    if count == 0:
+        raise ValueError("no images to measure accuracy on")
+    return {f"top{k}": hits[k] / count for k in ks}
+
 def measure_latency(
     sessions: dict[str, ort.InferenceSession],
     input_shape: tuple[int, int, int],

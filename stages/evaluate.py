@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pipeline.artifacts import load_compact
 from pipeline.data import load_prepared
-from pipeline.evaluate import measure_latency, open_session, top_k_accuracy
+from pipeline.evaluate import measure_latency, open_session, split_top_k
 from pipeline.export import (
     check_onnx_matches,
     export_arguments,
@@ -63,9 +63,10 @@ def main() -> None:
         sessions = {"dense": dense_session, "compact": session}
         onnx_metadata = read_metadata(ONNX_MODEL)
         input_format = input_format_of(onnx_metadata, ONNX_MODEL)  # what model.onnx takes
-        images = graph_inputs(data.test.images, input_format, data.mean, data.std)
-        labels = data.test.labels.numpy()
-        accuracy = top_k_accuracy(session, images, labels)
+        def to_inputs(images):
+            return graph_inputs(images, input_format, data.mean, data.std)
+
+        accuracy = split_top_k(session, data.test.batches(256), to_inputs)
         quantization = onnx_metadata.get(QUANTIZATION_KEY, "none")
         with tempfile.TemporaryDirectory() as tmp:
             if quantization != "none":  # the fp32 compact model, side by side, same input
@@ -74,10 +75,12 @@ def main() -> None:
                     compact,
                     spec.input_shape,
                     fp32_path,
-                    **export_arguments(data.test.images[:16], input_format, data.mean, data.std),
+                    **export_arguments(data.test.head(16), input_format, data.mean, data.std),
                 )
                 sessions["fp32"] = open_session(fp32_path, e.device, intra_op_threads=e.threads)[0]
-                accuracy["fp32_top1"] = top_k_accuracy(sessions["fp32"], images, labels)["top1"]
+                accuracy["fp32_top1"] = split_top_k(
+                    sessions["fp32"], data.test.batches(256), to_inputs
+                )["top1"]
             latency = measure_latency(
                 sessions,
                 spec.input_shape,
@@ -99,7 +102,7 @@ def main() -> None:
             "dense_params": count_params(dense),
             "params": count_params(compact),
             "arch_sha256": spec.sha256,
-            "test_size": len(data.test.labels),
+            "test_size": len(data.test),
         }
         write_metrics("evaluate", metrics, COMPARED)
 

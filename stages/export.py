@@ -11,7 +11,7 @@ import torch
 
 from pipeline.artifacts import load_compact
 from pipeline.data import load_prepared
-from pipeline.evaluate import open_session, top_k_accuracy
+from pipeline.evaluate import open_session, split_top_k
 from pipeline.export import export_arguments, export_onnx, graph_inputs
 from pipeline.pruning.slicing import build_model, dense_spec
 from pipeline.quantize import check_accuracy_kept, quantize_int8
@@ -41,7 +41,7 @@ def main() -> None:
         spec, model = load_compact(COMPACT_DIR)
         # The dense reference takes the same input as model.onnx: comparable latencies.
         inputs = export_arguments(
-            data.test.images[:PARITY_IMAGES], cfg.export.input, data.mean, data.std
+            data.test.head(PARITY_IMAGES), cfg.export.input, data.mean, data.std
         )
         metadata = {
             "arch_sha256": spec.sha256,
@@ -124,13 +124,14 @@ def quantize_checked(cfg, data, fp32_path: Path, int8_path: Path) -> dict:
     validation top-1 falls more than export.int8_max_drop below the fp32 model's."""
     fmt = cfg.export.input
     calibration = graph_inputs(
-        data.train.images[: cfg.export.calibration_images], fmt, data.mean, data.std
+        data.train.head(cfg.export.calibration_images), fmt, data.mean, data.std
     )
     quantize_int8(fp32_path, int8_path, calibration)
-    images = graph_inputs(data.val.images, fmt, data.mean, data.std)
-    labels = data.val.labels.numpy()
+    def to_inputs(images):
+        return graph_inputs(images, fmt, data.mean, data.std)
+
     top1 = {
-        name: top_k_accuracy(open_session(path, "cpu")[0], images, labels)["top1"]
+        name: split_top_k(open_session(path, "cpu")[0], data.val.batches(256), to_inputs)["top1"]
         for name, path in (("fp32", fp32_path), ("int8", int8_path))
     }
     check_accuracy_kept(top1["fp32"], top1["int8"], cfg.export.int8_max_drop)
