@@ -100,6 +100,19 @@ def test_repro_produces_models_metrics_and_plots(repo: E2ERepo) -> None:
     for stage in STAGES:
         assert f"Running stage '{stage}'" in result.output
         assert (repo.root / "metrics" / f"{stage}.json").is_file(), stage
+    # Each model stage ends with the line that says what it did; MLflow's routine lines and
+    # its pip warning are not printed.
+    output = " ".join(result.output.split())
+    for summary in (
+        "search: jst kept ",
+        "finetune: val top-1 ",
+        "export: models/model.onnx ",
+        "evaluate: test top-1 ",
+        f"registered {MODEL_NAME} version 1 (@{ALIAS})",
+    ):
+        assert summary in output, (summary, result.describe())
+    for noise in ("SQLAlchemy engine", "database tables", "Failed to resolve installed pip"):
+        assert noise not in output, (noise, result.describe())
 
     params = repo.read_params()
     target = params["search"]["target_flops"]
