@@ -60,7 +60,7 @@ class DataConfig(_Section):
     crop_ratio: float | None = Field(None, gt=0, le=1)
     val_fraction: float = Field(0.15, gt=0, lt=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)
-    max_memory_mb: int = Field(4096, ge=1, le=1_048_576)
+    max_memory_mb: int = Field(4096, ge=0, le=1_048_576)
     max_side: int = Field(512, ge=4, le=16384)
 
     @model_validator(mode="after")
