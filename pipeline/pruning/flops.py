@@ -75,9 +75,10 @@ class FlopsModel:
         macs = _trace_macs(dense, input_shape)
         modules = dict(dense.named_modules())
         self._terms = [
-            _term(wiring, modules[wiring.module], macs[wiring.module])
+            term
             for wiring in layout.layers
             if wiring.kind != "bn"
+            for term in _terms(wiring, modules[wiring.module], macs[wiring.module])
         ]
         self.dense_widths = layout.dense_widths()
         self.dense_flops = self(self.dense_widths)
@@ -101,12 +102,21 @@ class FlopsModel:
         return self(widths) / self.dense_flops
 
 
-def _term(wiring: LayerWiring, module: nn.Module, macs: int) -> _Term:
+def _terms(wiring: LayerWiring, module: nn.Module, macs: int) -> list[_Term]:
     """MACs as coefficient x in-width x out-width over the widths that vary: linear in
-    each for a conv or linear layer; linear in its width alone for a depthwise conv."""
+    each for a conv or linear layer; linear in its width alone for a depthwise conv. A
+    layer reading a concatenation has one term per run (its MACs split by run width)."""
     conv = isinstance(module, nn.Conv2d)
     in_c = module.in_channels if conv else module.in_features // wiring.in_block
     out_c = module.out_channels if conv else module.out_features
+    if wiring.in_segments:
+        per_pair = macs // (in_c * (out_c if wiring.out_group else 1))
+        return [
+            _Term(per_pair, group, wiring.out_group)
+            if group is not None
+            else _Term(per_pair * width, None, wiring.out_group)
+            for group, width in wiring.in_segments
+        ]
     in_group = None if wiring.kind == "dwconv" else wiring.in_group
     divisor = (in_c if in_group else 1) * (out_c if wiring.out_group else 1)
-    return _Term(macs // divisor, in_group, wiring.out_group)
+    return [_Term(macs // divisor, in_group, wiring.out_group)]

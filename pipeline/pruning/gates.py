@@ -36,6 +36,13 @@ def gated(model: nn.Module, layout: ChannelLayout, gates: dict[str, Gate]) -> It
                 return output * factors().to(output.device, output.dtype).view(per_channel)
 
             handles.append(model.get_submodule(point).register_forward_hook(hook))
+    for bn, segments in _concatenation_bns(layout, gates):
+
+        def concatenation_hook(_module, _inputs, output, segments=segments):
+            factors = _run_factors(segments, layout, gates, output)
+            return output * factors.view(1, -1, 1, 1)
+
+        handles.append(model.get_submodule(bn).register_forward_hook(concatenation_hook))
     try:
         yield
     finally:
@@ -53,6 +60,30 @@ def keep_masks(layout: ChannelLayout, keep: dict[str, torch.Tensor]) -> dict[str
     return masks
 
 
+def _concatenation_bns(layout: ChannelLayout, gates: dict[str, Gate]):
+    """(BN, runs) of every BN over a concatenation one of whose runs ``gates`` gates."""
+    for wiring in layout.layers:
+        if wiring.out_segments and any(g in gates for g, _ in wiring.out_segments):
+            yield wiring.module, wiring.out_segments
+
+
+def _run_factors(
+    segments, layout: ChannelLayout, gates: dict[str, Gate], like: torch.Tensor
+) -> torch.Tensor:
+    """One factor per channel of a concatenation, on ``like``'s device and dtype: each
+    run's group's gate, 1 on fixed runs and on groups without a gate (those are not
+    pruned, so they have their dense width)."""
+    parts = []
+    for group, width in segments:
+        gate = gates.get(group) if group is not None else None
+        if gate is None:
+            dense = layout.groups[group].width if group is not None else width
+            parts.append(torch.ones(dense, device=like.device, dtype=like.dtype))
+        else:
+            parts.append((gate() if callable(gate) else gate).to(like.device, like.dtype))
+    return torch.cat(parts)
+
+
 @torch.no_grad()
 def fold_gates(model: nn.Module, layout: ChannelLayout, gates: dict[str, torch.Tensor]):
     """Fold per-channel gates into the parameters of their gate points: BN's affine
@@ -65,3 +96,8 @@ def fold_gates(model: nn.Module, layout: ChannelLayout, gates: dict[str, torch.T
             module.weight.mul_(g.view(per_row))
             if module.bias is not None:
                 module.bias.mul_(g)
+    for bn_name, segments in _concatenation_bns(layout, gates):
+        bn = model.get_submodule(bn_name)
+        factors = _run_factors(segments, layout, gates, bn.weight)
+        bn.weight.mul_(factors)
+        bn.bias.mul_(factors)

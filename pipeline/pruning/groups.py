@@ -37,6 +37,11 @@ class LayerWiring:
     # Input features per input channel: a linear layer reading an N x C x H x W map
     # flattened into C * H * W features reads H * W of them (channel-major) per channel.
     in_block: int = 1
+    # A layer reading (in) or a BN normalising (out) a concatenation: its channels as runs
+    # of (group, or None for fixed channels, dense width), in order; the group on that
+    # side is then None. Kept channel c of a run's group is channel offset + c.
+    in_segments: tuple[tuple[str | None, int], ...] = ()
+    out_segments: tuple[tuple[str | None, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -98,8 +103,13 @@ class ChannelLayout:
         out_group: str | None,
         in_group: str | None = None,
         in_block: int = 1,
+        *,
+        in_segments: tuple[tuple[str | None, int], ...] = (),
+        out_segments: tuple[tuple[str | None, int], ...] = (),
     ):
-        self.layers.append(LayerWiring(module, kind, out_group, in_group, in_block))
+        self.layers.append(
+            LayerWiring(module, kind, out_group, in_group, in_block, in_segments, out_segments)
+        )
 
     def dense_widths(self) -> dict[str, int]:
         return {name: g.width for name, g in self.groups.items()}

@@ -86,13 +86,15 @@ def resize_model(model: nn.Module, layout: ChannelLayout, widths: dict[str, int]
 
 
 def _resized(module: nn.Module, wiring: LayerWiring, widths: dict[str, int]) -> nn.Module:
-    def width(group, default):
+    def width(group, default, segments=()):
+        if segments:  # a concatenation: the kept width of every run
+            return sum(widths[g] if g is not None else w for g, w in segments)
         return widths[group] if group is not None else default
 
     if isinstance(module, nn.Conv2d):
         return _resized_conv(module, wiring, width)
     if isinstance(module, nn.BatchNorm2d):
-        c = width(wiring.out_group, module.num_features)
+        c = width(wiring.out_group, module.num_features, wiring.out_segments)
         if c == module.num_features:
             return module
         return nn.BatchNorm2d(
@@ -100,7 +102,8 @@ def _resized(module: nn.Module, wiring: LayerWiring, widths: dict[str, int]) -> 
         )
     if isinstance(module, nn.Linear):
         out_f = width(wiring.out_group, module.out_features)
-        in_f = width(wiring.in_group, module.in_features // wiring.in_block) * wiring.in_block
+        in_f = width(wiring.in_group, module.in_features // wiring.in_block, wiring.in_segments)
+        in_f *= wiring.in_block
         if (out_f, in_f) == (module.out_features, module.in_features):
             return module
         return nn.Linear(in_f, out_f, bias=module.bias is not None)
@@ -110,7 +113,7 @@ def _resized(module: nn.Module, wiring: LayerWiring, widths: dict[str, int]) -> 
 def _resized_conv(conv: nn.Conv2d, wiring: LayerWiring, width) -> nn.Conv2d:
     """A conv of the kept widths; a depthwise conv keeps one filter per kept channel."""
     out_c = width(wiring.out_group, conv.out_channels)
-    in_c = width(wiring.in_group, conv.in_channels)
+    in_c = width(wiring.in_group, conv.in_channels, wiring.in_segments)
     if (out_c, in_c) == (conv.out_channels, conv.in_channels):
         return conv  # fixed channels (whatever its groups) or nothing dropped
     if wiring.kind == "dwconv":
@@ -135,16 +138,31 @@ def _sliced_tensors(layout: ChannelLayout, keep: KeptChannels):
     for wiring in layout.layers:
         out_idx = keep.get(wiring.out_group) if wiring.out_group else None
         in_idx = keep.get(wiring.in_group) if wiring.in_group else None
+        if wiring.out_segments:  # a BN over a concatenation
+            out_idx = _segment_indices(wiring.out_segments, keep)
         if wiring.kind == "bn":
             for p in ("weight", "bias", "running_mean", "running_var"):
                 yield wiring.module, p, (out_idx,)
             continue
         if wiring.kind == "dwconv":  # weight: out x 1 x kh x kw, one filter per channel
             in_idx = None
+        if wiring.in_segments:
+            in_idx = _segment_indices(wiring.in_segments, keep)
         if in_idx is not None and wiring.in_block > 1:
             in_idx = _block_indices(in_idx, wiring.in_block)
         yield wiring.module, "weight", (out_idx, in_idx)
         yield wiring.module, "bias", (out_idx,)
+
+
+def _segment_indices(segments: tuple[tuple[str | None, int], ...], keep: KeptChannels):
+    """The kept channels of a concatenation: every run's kept indices at its dense offset
+    (all of a fixed run's)."""
+    parts, offset = [], 0
+    for group, width in segments:
+        kept = keep[group] if group is not None else torch.arange(width)
+        parts.append(kept.cpu() + offset)
+        offset += width
+    return torch.cat(parts)
 
 
 def _block_indices(channels: torch.Tensor, block: int) -> torch.Tensor:

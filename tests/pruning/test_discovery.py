@@ -83,11 +83,11 @@ def test_a_residual_add_couples_its_operands_into_one_group():
     assert found.whole == ()
 
 
-def test_concatenated_channels_are_left_whole_with_everything_joined_to_them():
+def test_concatenated_channels_stay_groups_of_their_own_read_run_by_run():
     found = discover(_Residual(join="cat"), (3, 8, 8))
-    assert list(found.layout.groups) == ["a.0"]  # only the branch's inner group is prunable
-    assert {m for m, _ in found.whole} == {"stem.0", "b.0"}
-    assert all("concatenates channels" in why for _, why in found.whole)
+    assert list(found.layout.groups) == ["stem.0", "a.0", "b.0"] and found.whole == ()
+    fc = {w.module: w for w in found.layout.layers}["fc"]
+    assert fc.in_group is None and fc.in_segments == (("stem.0", 4), ("b.0", 4))
 
 
 @pytest.mark.parametrize(

@@ -60,6 +60,15 @@ class UnionFind:
         return bool(self.reasons.get(self.find(e)))
 
 
+@dataclass(frozen=True)
+class Segment:
+    """A run of a concatenated tensor's channels: all channels of one element, in order."""
+
+    elem: int
+    width: int
+    gated: bool
+
+
 @dataclass
 class Layer:
     node: fx.Node
@@ -68,6 +77,14 @@ class Layer:
     out_elem: int | None
     in_elem: int | None = None
     in_block: int = 1  # input features per input channel (after a flatten of H x W > 1)
+    # A layer reading (or a BN normalising) a concatenation: its channels, run by run.
+    in_segments: tuple[Segment, ...] = ()
+    out_segments: tuple[Segment, ...] = ()
+
+    def elements(self) -> list[int]:
+        """Every element whose channels this layer reads or writes."""
+        ends = [e for e in (self.out_elem, self.in_elem) if e is not None]
+        return ends + [s.elem for s in (*self.in_segments, *self.out_segments)]
 
 
 @dataclass
@@ -82,6 +99,9 @@ class Analysis:
     # Tensors that are a map of C channels flattened into C x block features; only
     # pass-through ops and linear layers may read them (see rules.reads_blocks).
     block: dict[fx.Node, int] = field(default_factory=dict)
+    # Concatenations: their channels as runs of whole elements (a node here has no elem);
+    # only the ops rules.reads_segments allows may read them.
+    segments: dict[fx.Node, tuple[Segment, ...]] = field(default_factory=dict)
     layers: list[Layer] = field(default_factory=list)
     calls: dict[str, int] = field(default_factory=dict)
     adds: set[fx.Node] = field(default_factory=set)
@@ -95,6 +115,8 @@ class Analysis:
         """Leave the channels of ``node``'s tensor whole, for ``reason``."""
         if node in self.elem:
             self.uf.make_whole(self.elem[node], reason)
+        for segment in self.segments.get(node, ()):
+            self.uf.make_whole(segment.elem, reason)
 
     def fresh(self, node: fx.Node, whole_reason: str | None = None) -> None:
         """``node``'s channels are a new element (whole when a reason is given)."""
@@ -112,10 +134,41 @@ class Analysis:
         self.elem[node] = self.uf.new(channels(node), layer)
         self.gated[node] = layer in self.output_gates
         block = self.block.get(source, 1)
-        self.layers.append(Layer(node, layer, kind, self.elem[node], self.elem.get(source), block))
+        self.layers.append(
+            Layer(
+                node,
+                layer,
+                kind,
+                self.elem[node],
+                self.elem.get(source),
+                block,
+                in_segments=self.segments.get(source, ()),
+            )
+        )
+
+    def concatenate(self, node: fx.Node, parts: list[fx.Node]) -> None:
+        """``node`` is ``parts`` concatenated on the channels: runs of their elements."""
+        runs: list[Segment] = []
+        for part in parts:
+            if part in self.segments:
+                runs.extend(self.segments[part])
+            else:
+                runs.append(Segment(self.elem[part], channels(part), self.gated[part]))
+        self.segments[node] = tuple(runs)
+
+    def normalise_concatenation(self, node: fx.Node, layer: str, source: fx.Node) -> None:
+        """A BN over a concatenation: it gates every run (see gates.gated)."""
+        runs = tuple(Segment(s.elem, s.width, True) for s in self.segments[source])
+        self.segments[node] = runs
+        self.layers.append(Layer(node, layer, "bn", None, out_segments=runs))
 
     def pass_on(self, node: fx.Node, source: fx.Node | None, *, keeps_zero: bool = True) -> None:
         """``node`` carries ``source``'s channels one to one (gated if f(0) == 0)."""
+        if source in self.segments and channels(node) == channels(source):
+            self.segments[node] = tuple(
+                Segment(s.elem, s.width, keeps_zero and s.gated) for s in self.segments[source]
+            )
+            return
         if source not in self.elem or channels(node) != channels(source):
             self.unknown(node, "changes the channel count")
             return
@@ -150,6 +203,9 @@ class Analysis:
         """A channel-mixing layer reads ``source``: it must be gated if its group is pruned."""
         if source in self.elem and not self.gated[source]:
             self.ungated_reads.append((layer, self.elem[source]))
+        for segment in self.segments.get(source, ()):
+            if not segment.gated:
+                self.ungated_reads.append((layer, segment.elem))
 
     # -- after the walk
     def producers_without_batchnorm(self) -> frozenset[str]:
@@ -166,19 +222,20 @@ class Analysis:
 
     def _classes_with_gates(self) -> set[int]:
         """Classes with a gate point: a BN, or a producer whose output is gated."""
-        return {
+        gated_outputs = {
             self.uf.find(x.out_elem)
             for x in self.layers
             if x.out_elem is not None and (x.kind == "bn" or x.module in self.output_gates)
         }
+        return gated_outputs | {self.uf.find(s.elem) for x in self.layers for s in x.out_segments}
 
     def finish(self) -> None:
         """Leave whole what cannot be gated: no gate point, or read by a layer without a
         gate in between."""
         carried = self._classes_with_gates()
         for layer in self.layers:
-            for e in (layer.out_elem, layer.in_elem):
-                if e is not None and self.uf.find(e) not in carried:
+            for e in layer.elements():
+                if self.uf.find(e) not in carried:
                     self.uf.make_whole(e, NO_GATE)
         for layer, e in self.ungated_reads:
             self.uf.make_whole(e, f"{layer} reads them without a gate in between")

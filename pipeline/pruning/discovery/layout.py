@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from torch import fx
 
-from pipeline.pruning.discovery.elements import Analysis, Layer
+from pipeline.pruning.discovery.elements import Analysis, Layer, Segment
 from pipeline.pruning.groups import ChannelGroup, ChannelLayout
 
 
@@ -30,9 +30,23 @@ class LayoutBuilder:
             out_group = self._group_of(layer.out_elem, names)
             in_group = self._group_of(layer.in_elem, names)
             in_block = layer.in_block if in_group is not None else 1
-            layout.wire(layer.module, layer.kind, out_group, in_group, in_block)
+            layout.wire(
+                layer.module,
+                layer.kind,
+                out_group,
+                in_group,
+                in_block,
+                in_segments=self._runs(layer.in_segments, names),
+                out_segments=self._runs(layer.out_segments, names),
+            )
         self._attach_bns_and_scores(layout, names)
         return layout
+
+    def _runs(self, segments: tuple[Segment, ...], names: dict[int, str]) -> tuple:
+        """A concatenation's runs as (group or None when whole, dense width); none at all
+        when every run is whole (the layer is then fixed on that side)."""
+        runs = tuple((self._group_of(s.elem, names), s.width) for s in segments)
+        return runs if any(group is not None for group, _ in runs) else ()
 
     def _group_names(self) -> dict[int, str]:
         """Prunable classes, in graph order, named after their first producing layer."""

@@ -94,6 +94,8 @@ def apply(a: Analysis, node: fx.Node) -> None:
     """Move ``node``'s channel elements by the rule of its op."""
     if node.op.startswith("call_") and reads_blocks(a, node) and not _block_aware(a, node):
         a.unknown(node, "reads channels flattened with their map (only a linear layer may)")
+    elif node.op.startswith("call_") and reads_segments(a, node) and not _segment_aware(a, node):
+        a.unknown(node, "reads concatenated channels")
     elif node.op == "placeholder":
         a.fresh(node, "the network input (image channels)")
     elif node.op == "output":
@@ -143,6 +145,24 @@ def _block_aware(a: Analysis, node: fx.Node) -> bool:
     return False
 
 
+def reads_segments(a: Analysis, node: fx.Node) -> bool:
+    """Whether ``node`` reads a concatenation (channels in runs of several elements)."""
+    return any(source in a.segments for source in node.all_input_nodes)
+
+
+def _segment_aware(a: Analysis, node: fx.Node) -> bool:
+    """Ops whose rules handle a concatenation: channel-mixing layers (sliced by the runs'
+    kept indices), BN (gated run by run), one-to-one ops, pooling to features, and cat."""
+    if node.op == "call_module":
+        module = a.modules[str(node.target)]
+        if isinstance(module, nn.Conv2d):
+            return module.groups == 1
+        one_to_one = (nn.Linear, nn.BatchNorm2d, nn.Flatten, *PASS_MODULES, *UNGATING_MODULES)
+        return isinstance(module, one_to_one)
+    rules = METHOD_RULES if node.op == "call_method" else FUNCTION_RULES
+    return rules.get(node.target) in _SEGMENT_AWARE_CALLS
+
+
 def _source(node: fx.Node) -> fx.Node | None:
     return node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
 
@@ -182,6 +202,9 @@ def _linear(a: Analysis, node: fx.Node, name: str, _linear: nn.Linear) -> None:
 
 
 def _batch_norm(a: Analysis, node: fx.Node, name: str, _bn: nn.BatchNorm2d) -> None:
+    if _source(node) in a.segments:
+        a.normalise_concatenation(node, name, _source(node))
+        return
     a.pass_on(node, _source(node))
     a.gated[node] = True  # the group's gates sit on BN outputs
     a.layers.append(Layer(node, name, "bn", a.elem.get(node)))
@@ -270,7 +293,7 @@ def _flatten(a: Analysis, node: fx.Node, start: int, end: int) -> None:
     a block a linear layer reading them slices whole (VGG's and AlexNet's classifiers)."""
     source = _source(node)
     before = shape(source)
-    if before is None or source not in a.elem or start != 1 or end not in (-1, len(before) - 1):
+    if before is None or start != 1 or end not in (-1, len(before) - 1):
         a.unknown(node, "flattens other dimensions than the channels and the map")
         return
     spatial = 1
@@ -278,8 +301,10 @@ def _flatten(a: Analysis, node: fx.Node, start: int, end: int) -> None:
         spatial *= side
     if spatial == 1:
         a.pass_on(node, source)
-    else:
+    elif source in a.elem:
         a.flatten_blocks(node, source, spatial)
+    else:
+        a.unknown(node, "flattens a concatenation's map into features")
 
 
 def _reshape(a: Analysis, node: fx.Node) -> None:
@@ -309,7 +334,21 @@ def _mean(a: Analysis, node: fx.Node) -> None:
 
 
 def _concatenate(a: Analysis, node: fx.Node) -> None:
-    a.unknown(node, "concatenates channels")
+    """torch.cat on the channels: the output is the inputs' elements run after run, and
+    each layer reading it is sliced with every run's kept indices at the run's offset."""
+    parts = argument(node, 0, "tensors", ())
+    dim = argument(node, 1, "dim", 0)
+    out = shape(node)
+    known = isinstance(parts, list | tuple) and all(
+        isinstance(p, fx.Node) and (p in a.elem or p in a.segments) and p not in a.block
+        for p in parts
+    )
+    if out is None or not known or not isinstance(dim, int) or dim % len(out) != 1:
+        a.unknown(node, "concatenates other than the channels of channel maps")
+    elif len(parts) == 1:
+        a.pass_on(node, parts[0])  # DenseNet's first layer: a concatenation of one
+    else:
+        a.concatenate(node, list(parts))
 
 
 def _is_stochastic_depth(target) -> bool:
@@ -352,7 +391,7 @@ FUNCTION_RULES: dict[object, CallRule] = _table(
     ({torch.flatten}, _flatten_call),
     ({torch.reshape}, _reshape),
     ({torch.mean}, _mean),
-    ({torch.cat}, _concatenate),
+    ({torch.cat, torch.concat, torch.concatenate}, _concatenate),
 )
 METHOD_RULES: dict[str, CallRule] = _table(
     (METADATA_METHODS, _metadata),
@@ -364,3 +403,14 @@ METHOD_RULES: dict[str, CallRule] = _table(
     ({"view", "reshape"}, _reshape),
     ({"mean"}, _mean),
 )
+
+# The call rules that handle a concatenation (see _segment_aware).
+_SEGMENT_AWARE_CALLS = {
+    _metadata,
+    _pass_call,
+    _ungating_call,
+    _flatten_call,
+    _reshape,
+    _mean,
+    _concatenate,
+}

@@ -1,0 +1,148 @@
+"""Concatenations (DenseNet, GoogLeNet/Inception branches): every input keeps its own
+group, each kept index is mapped into the concatenated tensor at its input's offset, and
+every consumer (conv, BN over the concatenation, linear) is sliced accordingly; masked
+dense == sliced compact, FLOPs model == counted FLOPs, JST's gates fold, scatter inverts
+slice."""
+
+import copy
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from pipeline.pruning.discovery import discover
+from pipeline.pruning.flops import FlopsModel, count_flops
+from pipeline.pruning.gates import fold_gates, gated, keep_masks
+from pipeline.pruning.slicing import resize_model, scatter_weights, slice_weights
+
+SHAPE = (3, 8, 8)
+
+
+def _conv_bn(c_in, c_out, kernel=3):
+    return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False),
+                         nn.BatchNorm2d(c_out), nn.ReLU())  # fmt: skip
+
+
+class _Dense(nn.Module):
+    """DenseNet's pattern: each layer reads BN-ReLU-conv of everything so far (a BN over
+    the concatenation), its conv output (no BN of its own) joins the next concatenation."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1, bias=False)
+        self.norm1, self.conv1 = nn.BatchNorm2d(6), nn.Conv2d(6, 4, 3, padding=1, bias=False)
+        self.norm2, self.conv2 = nn.BatchNorm2d(10), nn.Conv2d(10, 4, 3, padding=1, bias=False)
+        self.norm3, self.fc = nn.BatchNorm2d(14), nn.Linear(14, 3)
+
+    def forward(self, x):
+        features = [self.stem(x)]
+        features.append(self.conv1(torch.relu(self.norm1(torch.cat(features, 1)))))
+        features.append(self.conv2(torch.relu(self.norm2(torch.cat(features, 1)))))
+        out = torch.relu(self.norm3(torch.cat(features, 1)))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1))
+
+
+class _Inception(nn.Module):
+    """GoogLeNet's pattern: conv-BN-ReLU branches (one behind a max-pool) concatenated,
+    read by the next block's convs and a pooled classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = _conv_bn(3, 5)
+        self.branch1, self.branch2 = _conv_bn(5, 3, 1), _conv_bn(5, 4, 3)
+        self.pool, self.branch3 = nn.MaxPool2d(3, 1, 1), _conv_bn(5, 2, 1)
+        self.next = _conv_bn(9, 6)
+        self.fc = nn.Linear(6 + 9, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = torch.cat([self.branch1(x), self.branch2(x), self.branch3(self.pool(x))], 1)
+        z = torch.cat([self.next(y), y], dim=1)
+        return self.fc(z.mean((2, 3)))
+
+
+MODELS = {"dense": _Dense, "inception": _Inception}
+_DENSE: dict = {}
+
+
+def _dense(name):
+    if name not in _DENSE:
+        torch.manual_seed(0)
+        model = MODELS[name]().eval()
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+                m.bias.data.uniform_(-0.2, 0.2)
+        found = discover(model, SHAPE)
+        _DENSE[name] = (model, found, FlopsModel(model, found.layout, SHAPE))
+    return _DENSE[name]
+
+
+def test_every_concatenated_input_is_a_group_and_its_readers_are_wired_run_by_run():
+    _, found, _ = _dense("dense")
+    assert list(found.layout.groups) == ["stem", "conv1", "conv2"] and found.whole == ()
+    wiring = {w.module: w for w in found.layout.layers}
+    assert wiring["conv2"].in_segments == (("stem", 6), ("conv1", 4))
+    assert wiring["norm3"].out_segments == (("stem", 6), ("conv1", 4), ("conv2", 4))
+    assert wiring["norm1"].out_group == "stem"  # a concatenation of one is that tensor
+    _, found, _ = _dense("inception")
+    assert found.whole == () and len(found.layout.groups) == 5
+
+
+def _random_keep(layout, generator):
+    keep = {}
+    for group, g in layout.groups.items():
+        k = int(torch.randint(1, g.width + 1, (1,), generator=generator))
+        keep[group] = torch.sort(torch.randperm(g.width, generator=generator)[:k]).values
+    return keep
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31 - 1))
+def test_masked_dense_equals_sliced_compact_and_flops_agree(name, seed):
+    model, found, flops = _dense(name)
+    layout = found.layout
+    generator = torch.Generator().manual_seed(seed)
+    keep = _random_keep(layout, generator)
+    widths = {group: len(kept) for group, kept in keep.items()}
+    compact = resize_model(copy.deepcopy(model), layout, widths).eval()
+    slice_weights(model, compact, layout, keep)
+    x = torch.randn(2, *SHAPE, generator=generator)
+    with torch.no_grad(), gated(model, layout, keep_masks(layout, keep)):
+        masked = model(x)
+    with torch.no_grad():
+        sliced = compact(x)
+    torch.testing.assert_close(sliced, masked, rtol=1e-5, atol=1e-5)
+    assert count_flops(compact, SHAPE) == flops(widths)
+    restored = copy.deepcopy(model)
+    for p in restored.parameters():
+        p.data.zero_()
+    scatter_weights(restored, compact, layout, keep)
+    again = resize_model(copy.deepcopy(model), layout, widths)
+    slice_weights(restored, again, layout, keep)
+    for key, value in compact.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[key], value)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_jst_gates_on_a_compact_model_fold_into_the_bns_over_concatenations(name):
+    """JST gates and folds a compact sub-network with the dense layout: the runs of a BN
+    over a concatenation take their kept widths from the gates."""
+    model, found, _ = _dense(name)
+    layout = found.layout
+    generator = torch.Generator().manual_seed(5)
+    keep = _random_keep(layout, generator)
+    compact = resize_model(copy.deepcopy(model), layout, {g: len(k) for g, k in keep.items()})
+    slice_weights(model, compact, layout, keep)
+    compact.eval()
+    gates = {g: torch.rand(len(k), generator=generator) * 2 for g, k in keep.items()}
+    x = torch.randn(2, *SHAPE, generator=generator)
+    with torch.no_grad(), gated(compact, layout, gates):
+        expected = compact(x)
+    fold_gates(compact, layout, gates)
+    with torch.no_grad():
+        torch.testing.assert_close(compact(x), expected, rtol=1e-5, atol=1e-5)
