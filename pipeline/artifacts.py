@@ -8,6 +8,7 @@ never leaves half a model that a later stage would accept.
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import tempfile
 from collections import OrderedDict
@@ -19,6 +20,7 @@ from torch import nn
 
 from pipeline.atomic import replace_dir
 from pipeline.errors import ArtifactError
+from pipeline.models import build_on_meta
 from pipeline.pruning.slicing import build_model
 from pipeline.pruning.spec import ArchSpec
 
@@ -62,10 +64,25 @@ def load_compact(directory: Path) -> tuple[ArchSpec, nn.Module]:
             "two files come from "
             "different runs: rerun `dvc repro` (or `dvc checkout`) to restore a matching pair."
         )
-    model = build_model(spec)
+    model = build_uninitialised(spec)
     _check_tensors(weights, directory / SPEC_FILE, model.state_dict(), state)
     load_state_dict_with_versions(model, state)
     return spec, model
+
+
+def build_uninitialised(spec: ArchSpec) -> nn.Module:
+    """``build_model(spec)`` for a model whose every tensor is about to be overwritten (by
+    loaded or sliced weights): built on the meta device and allocated on the CPU without
+    an initialisation, which costs seconds for the large torchvision models. A builder that
+    needs real tensors (RegNet's) is built as usual, and so is a model with a buffer outside
+    its state_dict (a non-persistent buffer is never overwritten: it keeps its initial value)."""
+    model = build_on_meta(lambda: build_model(spec))
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    if not any(tensor.is_meta for tensor in tensors):
+        return model  # built on the CPU already, initialised
+    if any(module._non_persistent_buffers_set for module in model.modules()):
+        return build_model(spec)
+    return model.to_empty(device="cpu")
 
 
 def load_state_dict_with_versions(model: nn.Module, state: dict) -> None:

@@ -28,7 +28,6 @@ from pipeline.pruning.flops import FlopsModel
 from pipeline.pruning.groups import ChannelLayout, KeptChannels
 from pipeline.pruning.slicing import (
     DenseModel,
-    build_model,
     dense_model,
     slice_weights,
     spec_for_indices,
@@ -250,9 +249,11 @@ def train_phase(
 
 def compact_from_dense(setup: DenseSetup, keep: KeptChannels) -> tuple[ArchSpec, nn.Module]:
     """Physically prune the dense model to the kept channel indices."""
+    from pipeline.artifacts import build_uninitialised
+
     spec = spec_for_indices(setup.spec, keep)
-    compact = build_model(spec).to(next(setup.model.parameters()).device)
-    slice_weights(setup.model, compact, setup.layout, keep)
+    compact = build_uninitialised(spec).to(next(setup.model.parameters()).device)
+    slice_weights(setup.model, compact, setup.layout, keep)  # every tensor of its state_dict
     return spec, compact
 
 
