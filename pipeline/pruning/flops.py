@@ -74,11 +74,12 @@ class FlopsModel:
     def __init__(self, dense: nn.Module, layout: ChannelLayout, input_shape):
         macs = _trace_macs(dense, input_shape)
         modules = dict(dense.named_modules())
+        tiles = {name: g.tiles for name, g in layout.groups.items()}
         self._terms = [
             term
             for wiring in layout.layers
             if wiring.kind != "bn"
-            for term in _terms(wiring, modules[wiring.module], macs[wiring.module])
+            for term in _terms(wiring, modules[wiring.module], macs[wiring.module], tiles)
         ]
         self.dense_widths = layout.dense_widths()
         self.dense_flops = self(self.dense_widths)
@@ -102,21 +103,33 @@ class FlopsModel:
         return self(widths) / self.dense_flops
 
 
-def _terms(wiring: LayerWiring, module: nn.Module, macs: int) -> list[_Term]:
-    """MACs as coefficient x in-width x out-width over the widths that vary: linear in
-    each for a conv or linear layer; linear in its width alone for a depthwise conv. A
+def _terms(wiring: LayerWiring, module: nn.Module, macs: int, tiles: dict[str, int]) -> list[_Term]:
+    """MACs as coefficient x in-width x out-width over the widths that vary (a tiled
+    group's width counts one tile): linear in each for a conv or linear layer (grouped
+    too: its groups divide the tiles); linear in its width alone for a depthwise conv. A
     layer reading a concatenation has one term per run (its MACs split by run width)."""
     conv = isinstance(module, nn.Conv2d)
     in_c = module.in_channels if conv else module.in_features // wiring.in_block
     out_c = module.out_channels if conv else module.out_features
+    out_units = out_c // tiles[wiring.out_group] if wiring.out_group else 1
     if wiring.in_segments:
-        per_pair = macs // (in_c * (out_c if wiring.out_group else 1))
+        per_pair = _exact(macs, in_c * out_units, wiring.module)
         return [
-            _Term(per_pair, group, wiring.out_group)
+            _Term(per_pair * tiles[group], group, wiring.out_group)
             if group is not None
             else _Term(per_pair * width, None, wiring.out_group)
             for group, width in wiring.in_segments
         ]
     in_group = None if wiring.kind == "dwconv" else wiring.in_group
-    divisor = (in_c if in_group else 1) * (out_c if wiring.out_group else 1)
-    return [_Term(macs // divisor, in_group, wiring.out_group)]
+    in_units = in_c // tiles[in_group] if in_group else 1
+    return [_Term(_exact(macs, in_units * out_units, wiring.module), in_group, wiring.out_group)]
+
+
+def _exact(macs: int, units: int, module: str) -> int:
+    """MACs per unit of width; the layout must make them whole, or predictions drift."""
+    if macs % units:
+        raise ValueError(
+            f"{module}: {macs} MACs are not a whole multiple of its {units} width units; "
+            "its channel groups are wired inconsistently with the layer"
+        )
+    return macs // units

@@ -29,11 +29,13 @@ def gated(model: nn.Module, layout: ChannelLayout, gates: dict[str, Gate]) -> It
     handles = []
     for name, gate in gates.items():
         factors = gate if callable(gate) else (lambda gate=gate: gate)
+        tiles = layout.groups[name].tiles
         for point in layout.groups[name].gate_points:
 
-            def hook(_module, _inputs, output, factors=factors):
+            def hook(_module, _inputs, output, factors=factors, tiles=tiles):
                 per_channel = [1, -1] + [1] * (output.dim() - 2)  # N x C (x H x W)
-                return output * factors().to(output.device, output.dtype).view(per_channel)
+                f = factors().to(output.device, output.dtype).repeat(tiles)  # every tile
+                return output * f.view(per_channel)
 
             handles.append(model.get_submodule(point).register_forward_hook(hook))
     for bn, segments in _concatenation_bns(layout, gates):
@@ -77,10 +79,11 @@ def _run_factors(
     for group, width in segments:
         gate = gates.get(group) if group is not None else None
         if gate is None:
-            dense = layout.groups[group].width if group is not None else width
+            dense = layout.groups[group].channels if group is not None else width
             parts.append(torch.ones(dense, device=like.device, dtype=like.dtype))
         else:
-            parts.append((gate() if callable(gate) else gate).to(like.device, like.dtype))
+            factors = (gate() if callable(gate) else gate).to(like.device, like.dtype)
+            parts.append(factors.repeat(layout.groups[group].tiles))
     return torch.cat(parts)
 
 
@@ -91,7 +94,7 @@ def fold_gates(model: nn.Module, layout: ChannelLayout, gates: dict[str, torch.T
     for name, gate in gates.items():
         for point in layout.groups[name].gate_points:
             module = model.get_submodule(point)
-            g = gate.to(module.weight.device, module.weight.dtype)
+            g = gate.to(module.weight.device, module.weight.dtype).repeat(layout.groups[name].tiles)
             per_row = [-1] + [1] * (module.weight.dim() - 1)  # a BN's weight is 1-D
             module.weight.mul_(g.view(per_row))
             if module.bias is not None:

@@ -42,6 +42,9 @@ class LayerWiring:
     # side is then None. Kept channel c of a run's group is channel offset + c.
     in_segments: tuple[tuple[str | None, int], ...] = ()
     out_segments: tuple[tuple[str | None, int], ...] = ()
+    # A grouped conv (not depthwise): its weight's input dim counts one conv group's
+    # channels, so it is sliced with the kept positions of the first group alone.
+    conv_groups: int = 1
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,15 @@ class ChannelGroup:
     # Producers (conv/linear) whose own outputs are gated: a group no BN carries (AlexNet,
     # classifier heads, SE squeezes) is gated on its producers' outputs instead.
     output_gates: tuple[str, ...] = ()
+    # Grouped convolutions: the channels are ``tiles`` equal tiles of ``width`` channels
+    # each, kept alike (the same positions in every tile), so every conv group keeps as
+    # many channels. ``width`` and every kept index count within one tile.
+    tiles: int = 1
+
+    @property
+    def channels(self) -> int:
+        """The number of channels the group's tensors have (``width`` x ``tiles``)."""
+        return self.width * self.tiles
 
     @property
     def gate_points(self) -> tuple[str, ...]:
@@ -106,9 +118,19 @@ class ChannelLayout:
         *,
         in_segments: tuple[tuple[str | None, int], ...] = (),
         out_segments: tuple[tuple[str | None, int], ...] = (),
+        conv_groups: int = 1,
     ):
         self.layers.append(
-            LayerWiring(module, kind, out_group, in_group, in_block, in_segments, out_segments)
+            LayerWiring(
+                module,
+                kind,
+                out_group,
+                in_group,
+                in_block,
+                in_segments,
+                out_segments,
+                conv_groups,
+            )
         )
 
     def dense_widths(self) -> dict[str, int]:
@@ -121,6 +143,24 @@ class ChannelLayout:
 # The channels a compact network keeps: per group, the ascending indices into the dense
 # network's channels. Slicing, scattering and the spec's widths are all read from it.
 KeptChannels = dict[str, torch.Tensor]
+
+
+def channel_indices(layout: ChannelLayout, keep: KeptChannels) -> KeptChannels:
+    """The kept channels of the tensors: a tiled group's kept positions in every tile."""
+    expanded = {}
+    for name, kept in keep.items():
+        g = layout.groups[name]
+        if g.tiles == 1:
+            expanded[name] = kept
+        else:
+            starts = torch.arange(g.tiles, device=kept.device).view(-1, 1) * g.width
+            expanded[name] = (starts + kept.view(1, -1)).flatten()
+    return expanded
+
+
+def channel_widths(layout: ChannelLayout, widths: dict[str, int]) -> dict[str, int]:
+    """The number of channels the tensors keep: a tiled group's width in every tile."""
+    return {name: w * layout.groups[name].tiles for name, w in widths.items()}
 
 
 def full_indices(layout: ChannelLayout) -> KeptChannels:

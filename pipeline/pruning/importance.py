@@ -77,7 +77,8 @@ class MagnitudeImportance(Importance):
         for name, g in layout.groups.items():
             total = torch.zeros(g.width)
             for conv in g.scored_convs:
-                total += modules[conv].weight.detach().cpu().abs().flatten(1).sum(1)
+                norms = modules[conv].weight.detach().cpu().abs().flatten(1).sum(1)
+                total += norms.view(g.tiles, g.width).sum(0)  # a position, in every tile
             scores[name] = total
         return scores
 
@@ -100,7 +101,7 @@ class BNScaleImportance(Importance):
                 scores[name] = torch.ones(g.width)
                 continue
             gammas = [modules[bn].weight.detach().abs().cpu() for bn in g.scored_bns]
-            scores[name] = torch.stack(gammas).mean(0)
+            scores[name] = torch.stack(gammas).view(len(gammas), g.tiles, g.width).mean((0, 1))
         return scores
 
     def kept_channels(

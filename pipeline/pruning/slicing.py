@@ -18,7 +18,13 @@ from pipeline.errors import ArtifactError
 from pipeline.models import create_model
 from pipeline.models.layers import conv_like
 from pipeline.pruning.discovery import model_layout
-from pipeline.pruning.groups import ChannelLayout, KeptChannels, LayerWiring
+from pipeline.pruning.groups import (
+    ChannelLayout,
+    KeptChannels,
+    LayerWiring,
+    channel_indices,
+    channel_widths,
+)
 from pipeline.pruning.spec import ArchSpec
 
 
@@ -79,9 +85,10 @@ def build_model(spec: ArchSpec) -> nn.Module:
 def resize_model(model: nn.Module, layout: ChannelLayout, widths: dict[str, int]) -> nn.Module:
     """Swap, in place, every conv/linear/BN of ``model`` whose groups the ``widths`` change
     for a freshly initialised one of those widths; returns ``model``."""
+    kept_channels = channel_widths(layout, widths)
     for wiring in layout.layers:
         module = model.get_submodule(wiring.module)
-        model.set_submodule(wiring.module, _resized(module, wiring, widths))
+        model.set_submodule(wiring.module, _resized(module, wiring, kept_channels))
     return model
 
 
@@ -116,14 +123,13 @@ def _resized_conv(conv: nn.Conv2d, wiring: LayerWiring, width) -> nn.Conv2d:
     in_c = width(wiring.in_group, conv.in_channels, wiring.in_segments)
     if (out_c, in_c) == (conv.out_channels, conv.in_channels):
         return conv  # fixed channels (whatever its groups) or nothing dropped
-    if wiring.kind == "dwconv":
-        groups = out_c
-    elif conv.groups == 1:
-        groups = 1
-    else:
+    # depthwise: one filter per kept channel; grouped: as many groups, each keeping the
+    # same channels of its tile (discovery ties the groups' channels into tiles)
+    groups = out_c if wiring.kind == "dwconv" else conv.groups
+    if in_c % groups or out_c % groups:
         raise ValueError(
-            f"{wiring.module}: a grouped convolution (groups={conv.groups}) that is not "
-            "depthwise cannot be sliced; its channel groups must be left whole"
+            f"{wiring.module}: {in_c} input and {out_c} output channels do not split into "
+            f"its {groups} groups; its channel groups must be tiled by the conv's groups"
         )
     return conv_like(conv, in_c, out_c, groups)
 
@@ -135,6 +141,7 @@ def spec_for_indices(spec: ArchSpec, keep: KeptChannels) -> ArchSpec:
 
 def _sliced_tensors(layout: ChannelLayout, keep: KeptChannels):
     """Yield (module name, parameter name, index per dim) for every sliced tensor."""
+    keep = channel_indices(layout, keep)
     for wiring in layout.layers:
         out_idx = keep.get(wiring.out_group) if wiring.out_group else None
         in_idx = keep.get(wiring.in_group) if wiring.in_group else None
@@ -150,6 +157,11 @@ def _sliced_tensors(layout: ChannelLayout, keep: KeptChannels):
             in_idx = _segment_indices(wiring.in_segments, keep)
         if in_idx is not None and wiring.in_block > 1:
             in_idx = _block_indices(in_idx, wiring.in_block)
+        if in_idx is not None and wiring.conv_groups > 1:
+            # the weight's input dim is one conv group's channels; every group keeps the
+            # same positions (tiles), so the first group's kept positions index them all
+            per_group = layout.groups[wiring.in_group].channels // wiring.conv_groups
+            in_idx = in_idx[in_idx < per_group]
         yield wiring.module, "weight", (out_idx, in_idx)
         yield wiring.module, "bias", (out_idx,)
 

@@ -10,6 +10,7 @@ the group's BN outputs or, for a group no BN carries, on its producers' outputs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from torch import fx, nn
@@ -31,6 +32,9 @@ class UnionFind:
         self.producer: list[str | None] = []  # the conv/linear that made the element
         self.reasons: dict[int, list[str]] = {}
         self.coupled: set[int] = set()
+        # Per class, how many equal tiles its channels split into, kept alike (grouped
+        # convs: the same channels of every conv group, so every group keeps as many).
+        self.tiles: dict[int, int] = {}
 
     def new(self, width: int, producer: str | None = None) -> int:
         self.parent.append(len(self.parent))
@@ -51,7 +55,19 @@ class UnionFind:
             self.reasons.setdefault(ra, []).extend(self.reasons.pop(rb, []))
             if rb in self.coupled:
                 self.coupled.add(ra)
+            if rb in self.tiles:
+                self.tile(ra, self.tiles.pop(rb))
         return ra
+
+    def tile(self, e: int, tiles: int) -> None:
+        """Keep ``e``'s class alike in ``tiles`` equal tiles (with any tiling it has: the
+        least common multiple, which is consistent with both)."""
+        root = self.find(e)
+        combined = math.lcm(self.tiles.get(root, 1), tiles)
+        if self.width[root] % combined:
+            self.make_whole(root, f"its channels cannot split into {combined} equal tiles")
+        else:
+            self.tiles[root] = combined
 
     def make_whole(self, e: int, reason: str) -> None:
         self.reasons.setdefault(self.find(e), []).append(reason)
@@ -80,6 +96,7 @@ class Layer:
     # A layer reading (or a BN normalising) a concatenation: its channels, run by run.
     in_segments: tuple[Segment, ...] = ()
     out_segments: tuple[Segment, ...] = ()
+    conv_groups: int = 1  # a grouped (not depthwise) conv's groups
 
     def elements(self) -> list[int]:
         """Every element whose channels this layer reads or writes."""

@@ -3,7 +3,7 @@ conv/linear/BN is wired, and each group's scored producers and BNs are found."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import fx
 
@@ -25,7 +25,10 @@ class LayoutBuilder:
         names = self._group_names()
         layout = ChannelLayout()
         for root, name in names.items():
-            layout.groups[name] = ChannelGroup(name, uf.width[root], root in uf.coupled)
+            tiles = uf.tiles.get(root, 1)
+            layout.groups[name] = ChannelGroup(
+                name, uf.width[root] // tiles, root in uf.coupled, tiles=tiles
+            )
         for layer in self.analysis.layers:
             out_group = self._group_of(layer.out_elem, names)
             in_group = self._group_of(layer.in_elem, names)
@@ -38,6 +41,7 @@ class LayoutBuilder:
                 in_block,
                 in_segments=self._runs(layer.in_segments, names),
                 out_segments=self._runs(layer.out_segments, names),
+                conv_groups=layer.conv_groups,
             )
         self._attach_bns_and_scores(layout, names)
         return layout
@@ -83,8 +87,12 @@ class LayoutBuilder:
             convs = tuple(c for c, _ in scored[name]) or tuple(producers[name])
             scored_bns = tuple(b for _, b in scored[name]) or tuple(bns[name])
             output_gates = tuple(p for p in producers[name] if p in self.analysis.output_gates)
-            layout.groups[name] = ChannelGroup(
-                name, g.width, g.coupled, convs, scored_bns, tuple(bns[name]), output_gates
+            layout.groups[name] = replace(
+                g,
+                scored_convs=convs,
+                scored_bns=scored_bns,
+                bns=tuple(bns[name]),
+                output_gates=output_gates,
             )
 
     def _bn_after(self, node: fx.Node) -> fx.Node | None:

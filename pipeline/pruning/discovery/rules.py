@@ -188,6 +188,12 @@ def _conv(a: Analysis, node: fx.Node, name: str, conv: nn.Conv2d) -> None:
         # depthwise: one filter per channel, so its input and output are one group
         a.pass_on(node, source, keeps_zero=conv.bias is None)
         a.layers.append(Layer(node, name, "dwconv", a.elem[node], a.elem[node]))
+    elif source in a.elem:
+        # grouped: prunable when every conv group keeps the same channels of its tile
+        a.uf.tile(a.elem[source], conv.groups)
+        a.produce(node, name, "conv", source)
+        a.uf.tile(a.elem[node], conv.groups)
+        a.layers[-1].conv_groups = conv.groups
     else:
         a.unknown_layer(node, name, "conv", f"is a grouped convolution (groups={conv.groups})")
 

@@ -1,0 +1,128 @@
+"""Grouped convolutions (ResNeXt, RegNet) prune group-consistently: the channels they read
+and write are tiled by the conv's groups and every tile keeps the same positions, so every
+conv group keeps as many channels and the group count stays; masked dense == sliced
+compact, FLOPs model == counted FLOPs, JST's gates fold, scatter inverts slice."""
+
+import copy
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from pipeline.pruning.discovery import discover
+from pipeline.pruning.flops import FlopsModel, count_flops
+from pipeline.pruning.gates import fold_gates, gated, keep_masks
+from pipeline.pruning.importance import MagnitudeImportance
+from pipeline.pruning.slicing import resize_model, scatter_weights, slice_weights
+
+SHAPE = (3, 8, 8)
+
+
+def _conv_bn(c_in, c_out, kernel=1, groups=1):
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(),
+    )
+
+
+class _ResNeXtLike(nn.Module):
+    """A bottleneck whose 3x3 conv has 4 groups (8 -> 12 channels: 2 in, 3 out per group),
+    with an identity shortcut, then a squeeze-and-excitation on the grouped output."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = _conv_bn(3, 6, 3)
+        self.reduce = _conv_bn(6, 8)
+        self.grouped = _conv_bn(8, 12, 3, groups=4)
+        self.fc1, self.fc2 = nn.Conv2d(12, 3, 1), nn.Conv2d(3, 12, 1)
+        self.expand = nn.Sequential(nn.Conv2d(12, 6, 1, bias=False), nn.BatchNorm2d(6))
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.grouped(self.reduce(x))
+        scale = torch.sigmoid(self.fc2(torch.relu(self.fc1(y.mean((2, 3), keepdim=True)))))
+        x = torch.relu(x + self.expand(y * scale))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def resnext():
+    torch.manual_seed(0)
+    model = _ResNeXtLike().eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    found = discover(model, SHAPE)
+    return model, found, FlopsModel(model, found.layout, SHAPE)
+
+
+def test_the_channels_a_grouped_conv_reads_and_writes_are_tiled_by_its_groups(resnext):
+    _, found, _ = resnext
+    groups = found.layout.groups
+    assert found.whole == ()
+    assert (groups["reduce.0"].tiles, groups["reduce.0"].width) == (4, 2)
+    assert (groups["grouped.0"].tiles, groups["grouped.0"].width) == (4, 3)
+    assert groups["stem.0"].tiles == 1 and groups["fc1"].tiles == 1
+
+
+def _random_keep(layout, generator):
+    keep = {}
+    for group, g in layout.groups.items():
+        k = int(torch.randint(1, g.width + 1, (1,), generator=generator))
+        keep[group] = torch.sort(torch.randperm(g.width, generator=generator)[:k]).values
+    return keep
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31 - 1))
+def test_masked_dense_equals_sliced_compact_and_flops_agree(resnext, seed):
+    model, found, flops = resnext
+    layout = found.layout
+    generator = torch.Generator().manual_seed(seed)
+    keep = _random_keep(layout, generator)
+    widths = {group: len(kept) for group, kept in keep.items()}
+    compact = resize_model(copy.deepcopy(model), layout, widths).eval()
+    slice_weights(model, compact, layout, keep)
+    grouped = compact.grouped[0]
+    assert grouped.groups == 4
+    assert (grouped.in_channels, grouped.out_channels) == (
+        4 * widths["reduce.0"],
+        4 * widths["grouped.0"],
+    )
+    x = torch.randn(2, *SHAPE, generator=generator)
+    with torch.no_grad(), gated(model, layout, keep_masks(layout, keep)):
+        masked = model(x)
+    with torch.no_grad():
+        sliced = compact(x)
+    torch.testing.assert_close(sliced, masked, rtol=1e-5, atol=1e-5)
+    assert count_flops(compact, SHAPE) == flops(widths)
+    restored = copy.deepcopy(model)
+    for p in restored.parameters():
+        p.data.zero_()
+    scatter_weights(restored, compact, layout, keep)
+    again = resize_model(copy.deepcopy(model), layout, widths)
+    slice_weights(restored, again, layout, keep)
+    for key, value in compact.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[key], value)
+
+
+def test_jst_gates_fold_and_l1_scores_a_position_over_every_tile(resnext):
+    model, found, _ = resnext
+    layout = found.layout
+    model = copy.deepcopy(model)
+    scores = MagnitudeImportance()(model, layout)
+    norms = model.grouped[0].weight.abs().flatten(1).sum(1)
+    torch.testing.assert_close(scores["grouped.0"], norms.view(4, 3).sum(0))
+    generator = torch.Generator().manual_seed(2)
+    gates = {n: torch.rand(g.width, generator=generator) * 2 for n, g in layout.groups.items()}
+    x = torch.randn(2, *SHAPE, generator=generator)
+    with torch.no_grad(), gated(model, layout, gates):
+        expected = model(x)
+    fold_gates(model, layout, gates)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
