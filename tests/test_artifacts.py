@@ -87,3 +87,44 @@ def test_modules_that_need_their_state_dict_version_load_from_safetensors(tmp_pa
     assert loaded_spec.sha256 == spec.sha256
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(loaded.eval()(x), model(x), rtol=0, atol=0)
+
+
+SCALED_MODULE = '''
+import torch
+from torch import nn
+
+
+class Scaled(nn.Module):
+    """A conv net whose input scale is a non-persistent buffer: not in its state_dict."""
+
+    def __init__(self, num_classes, in_channels):
+        super().__init__()
+        self.register_buffer("scale", torch.full((1,), 0.5), persistent=False)
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes),
+        )
+
+    def forward(self, x):
+        return self.body(x * self.scale)
+
+
+def scaled(num_classes, in_channels):
+    return Scaled(num_classes, in_channels)
+'''
+
+
+def test_a_buffer_outside_the_state_dict_keeps_its_value_after_loading(tmp_path, monkeypatch):
+    """Compact models are built uninitialised for loading; a non-persistent buffer is not
+    loaded, so such a model is built initialised."""
+    (tmp_path / "scaled_models.py").write_text(SCALED_MODULE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = dense_spec("scaled_models:scaled", (1, 8, 8), 3)
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    save_compact(tmp_path / "m", spec, model)
+    _, loaded = load_compact(tmp_path / "m")
+    assert torch.equal(loaded.scale, torch.full((1,), 0.5))
+    x = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(loaded.eval()(x), model(x), rtol=0, atol=0)
