@@ -17,6 +17,7 @@ COMMANDS = [
     "validate",
     "models",
     "methods",
+    "experiments",
     "inspect",
     "predict",
     "reproduce",
