@@ -146,14 +146,25 @@ KIND_HAND_WRITTEN, KIND_DISCOVERED, KIND_UNVERIFIED = (
 )
 
 
+def verified_models() -> list[str]:
+    """The models ``jst models`` lists as verified, without importing torchvision: the
+    hand-written layouts, then the torchvision models whose discovered layouts are tested.
+    Each runs the whole pipeline (tests/models/test_verified_pipeline.py)."""
+    from pipeline.models import torchvision_zoo
+
+    return available_models() + sorted(torchvision_zoo.DISCOVERED)
+
+
 def model_catalogue(every_torchvision: bool = False) -> list[tuple[str, str]]:
-    """(name, kind) of every model ``jst models`` lists: the hand-written ones, the
-    torchvision ones discovery supports and, with ``every_torchvision``, the other
+    """(name, kind) of every model ``jst models`` lists: the verified ones (hand-written or
+    torchvision ones discovery supports) and, with ``every_torchvision``, the other
     torchvision CNNs (this imports torchvision)."""
     from pipeline.models import torchvision_zoo
 
-    rows = [(name, KIND_HAND_WRITTEN) for name in available_models()]
-    rows += [(name, KIND_DISCOVERED) for name in sorted(torchvision_zoo.DISCOVERED)]
+    rows = [
+        (name, KIND_HAND_WRITTEN if is_hand_written(name) else KIND_DISCOVERED)
+        for name in verified_models()
+    ]
     if every_torchvision:
         listed = {name for name, _ in rows}
         rows += [
