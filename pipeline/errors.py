@@ -22,6 +22,16 @@ class ArtifactError(PipelineError):
     """A model file (architecture spec, weights, ONNX) is missing, corrupt or mismatched."""
 
 
+def restore_output_hint(path: object) -> str:
+    """How to get a damaged or deleted pipeline output back (an ONNX file, a model folder):
+    the committed version from the DVC cache, or a rebuild by the stages that write it."""
+    return (
+        f"restore the committed one from the DVC cache with `uv run dvc checkout --force "
+        f"{path}` (after `uv run dvc pull` on a fresh clone), or rebuild it with "
+        "`uv run dvc repro`"
+    )
+
+
 class TrainingDiverged(PipelineError):
     """Training diverged: the loss became NaN or infinite (raised before the bad step),
     or an epoch ended with its loss or logits past the bounds below (``pipeline.train``)."""

@@ -21,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from pipeline.errors import ArtifactError, ConfigError
+from pipeline.errors import ArtifactError, ConfigError, restore_output_hint
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,7 @@ def open_session(
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
         raise ArtifactError(
             f"ONNX Runtime cannot load {path}: {exc}. The file is damaged or not an ONNX "
-            f"model: restore a pipeline output from the DVC cache with `uv run dvc checkout "
-            f"--force {path}`, or rebuild it with `uv run dvc repro export`"
+            f"model: {restore_output_hint(path)}"
         ) from exc
     used = session.get_providers()[0]
     if providers[0] == CUDA and used != CUDA:

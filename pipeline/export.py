@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from pipeline.data import normalize
-from pipeline.errors import SANE_LOGIT_BOUND, ArtifactError
+from pipeline.errors import SANE_LOGIT_BOUND, ArtifactError, restore_output_hint
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -307,7 +307,7 @@ def _load(path: Path, shown: Path | None = None) -> onnx.ModelProto:
         return onnx.load(path)
     except Exception as exc:  # protobuf raises DecodeError, among others
         raise ArtifactError(
-            f"{shown} is not a readable ONNX model ({exc}); delete it and run the export stage"
+            f"{shown} is not a readable ONNX model ({exc}); {restore_output_hint(shown)}"
         ) from exc
 
 
@@ -318,7 +318,7 @@ def _checked_model(file: Path, shown: Path) -> onnx.ModelProto:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:
         raise ArtifactError(
-            f"{shown} is not a valid ONNX model: {exc}; delete it and run the export stage"
+            f"{shown} is not a valid ONNX model: {exc}; {restore_output_hint(shown)}"
         ) from exc
     return proto
 

@@ -202,6 +202,20 @@ def test_a_damaged_model_file_error_says_how_to_restore_it(tmp_path, models, col
     assert f"uv run dvc checkout --force {damaged}" in message
 
 
+def test_a_damaged_model_is_refused_by_the_evaluate_stage_with_the_same_fix(tmp_path, models):
+    """The evaluate stage checks model.onnx with onnx.load before ONNX Runtime opens it."""
+    from pipeline.errors import ArtifactError
+    from pipeline.export import check_onnx_matches
+
+    damaged = tmp_path / "model.onnx"
+    whole = Path(models["image"]).read_bytes()
+    damaged.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ArtifactError) as refused:
+        check_onnx_matches(damaged, (3, 8, 8), 3)
+    assert f"{damaged} is not a readable ONNX model" in str(refused.value)
+    assert f"uv run dvc checkout --force {damaged}" in str(refused.value)
+
+
 def test_clear_errors_for_bad_models(tmp_path, models, colour_files, monkeypatch):
     image = str(colour_files[0])
     assert "ONNX model file /no/model.onnx does not exist" in error_of(
