@@ -32,10 +32,9 @@ def gated(model: nn.Module, layout: ChannelLayout, gates: dict[str, Gate]) -> It
         tiles = layout.groups[name].tiles
         for point in layout.groups[name].gate_points:
 
-            def hook(_module, _inputs, output, factors=factors, tiles=tiles):
-                per_channel = [1, -1] + [1] * (output.dim() - 2)  # N x C (x H x W)
+            def hook(module, _inputs, output, factors=factors, tiles=tiles):
                 f = factors().to(output.device, output.dtype).repeat(tiles)  # every tile
-                return output * f.view(per_channel)
+                return output * f.view(_per_channel(module, output))
 
             handles.append(model.get_submodule(point).register_forward_hook(hook))
     for bn, segments in _concatenation_bns(layout, gates):
@@ -60,6 +59,14 @@ def keep_masks(layout: ChannelLayout, keep: dict[str, torch.Tensor]) -> dict[str
         mask[keep[name]] = 1.0
         masks[name] = mask
     return masks
+
+
+def _per_channel(module: nn.Module, output: torch.Tensor) -> list[int]:
+    """The shape that spreads one factor per channel over ``output``: a linear layer's
+    features are its last dim (N x F, or N x ... x F tokens), others' dim 1 (N x C x H x W)."""
+    if isinstance(module, nn.Linear):
+        return [1] * (output.dim() - 1) + [-1]
+    return [1, -1] + [1] * (output.dim() - 2)
 
 
 def _concatenation_bns(layout: ChannelLayout, gates: dict[str, Gate]):

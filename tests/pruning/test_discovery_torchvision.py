@@ -171,7 +171,7 @@ EXPECTED = {
     "shufflenet_v2_x1_0": (5, 0, ("reshapes the channel dimension",)),
     "densenet121": (10, 0, ()),
     "mnasnet1_0": (24, 4, ()),
-    "convnext_tiny": (0, 0, ("permute", "linear layer on a tensor")),
+    "convnext_tiny": (2, 0, ("permute",)),
 }
 
 
@@ -229,7 +229,7 @@ FULL_SIZE = {
     "shufflenet_v2_x1_0": (18, 0, 19),
     "densenet121": (120, 0, 0),
     "mnasnet1_0": (25, 5, 0),
-    "convnext_tiny": (0, 0, 40),
+    "convnext_tiny": (18, 0, 22),
 }
 
 
@@ -259,3 +259,15 @@ def test_a_budget_fitted_on_the_discovered_layout_holds_on_the_compact_model(nam
     compact = resize_model(copy.deepcopy(model), found.layout, widths)
     ratio = count_flops(compact, SHAPE) / count_flops(model, SHAPE)
     assert target - 0.01 <= ratio <= target, (name, target, ratio)
+
+
+def test_convnext_mlp_hidden_width_prunes_gated_on_its_first_linear_layer():
+    """LayerNorm over the channels stays whole, but each block's MLP hidden width (4 x the
+    channels, between its two linear layers on N x H x W x C tokens) is a group."""
+    _, found, _ = _dense("convnext_tiny")
+    wiring = {w.module: w for w in found.layout.layers}
+    assert found.layout.groups
+    for name, group in found.layout.groups.items():
+        assert name.endswith("block.3") and group.output_gates == (name,)
+        second = wiring[name.removesuffix("3") + "5"]
+        assert (second.in_group, second.out_group) == (name, None)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from torch import fx, nn
 
-from pipeline.pruning.discovery.tracing import DiscoveryError, channels, describe
+from pipeline.pruning.discovery.tracing import DiscoveryError, channels, describe, shape
 
 OUTPUT_REASON = "the network output (the classes)"
 NO_GATE = "neither a BatchNorm nor a gated layer output carries these channels"
@@ -119,6 +119,9 @@ class Analysis:
     # Concatenations: their channels as runs of whole elements (a node here has no elem);
     # only the ops rules.reads_segments allows may read them.
     segments: dict[fx.Node, tuple[Segment, ...]] = field(default_factory=dict)
+    # Token maps (N x ... x C, channels last: ConvNeXt's MLP between its linear layers);
+    # only linear layers and elementwise activations may read them (rules.reads_tokens).
+    tokens: set[fx.Node] = field(default_factory=set)
     layers: list[Layer] = field(default_factory=list)
     calls: dict[str, int] = field(default_factory=dict)
     adds: set[fx.Node] = field(default_factory=set)
@@ -145,10 +148,18 @@ class Analysis:
         if whole_reason:
             self.uf.make_whole(self.elem[node], whole_reason)
 
-    def produce(self, node: fx.Node, layer: str, kind: str, source: fx.Node | None) -> None:
-        """A channel-mixing layer makes ``node``'s channels from ``source``'s."""
+    def produce(
+        self,
+        node: fx.Node,
+        layer: str,
+        kind: str,
+        source: fx.Node | None,
+        width: int | None = None,
+    ) -> None:
+        """A channel-mixing layer makes ``node``'s channels (``width``: dim 1's by default)
+        from ``source``'s."""
         self.read(layer, source)
-        self.elem[node] = self.uf.new(channels(node), layer)
+        self.elem[node] = self.uf.new(width or channels(node), layer)
         self.gated[node] = layer in self.output_gates
         block = self.block.get(source, 1)
         self.layers.append(
@@ -181,6 +192,11 @@ class Analysis:
 
     def pass_on(self, node: fx.Node, source: fx.Node | None, *, keeps_zero: bool = True) -> None:
         """``node`` carries ``source``'s channels one to one (gated if f(0) == 0)."""
+        if source in self.tokens and shape(node) == shape(source):
+            self.elem[node] = self.elem[source]
+            self.gated[node] = keeps_zero and self.gated[source]
+            self.tokens.add(node)
+            return
         if source in self.segments and channels(node) == channels(source):
             self.segments[node] = tuple(
                 Segment(s.elem, s.width, keeps_zero and s.gated) for s in self.segments[source]

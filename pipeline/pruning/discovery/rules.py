@@ -60,6 +60,9 @@ PASS_FUNCTIONS = {
     F.adaptive_max_pool2d,
 }
 PASS_METHODS = {"relu", "relu_", "tanh", "contiguous"}
+POOLING_MODULES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+ELEMENTWISE_MODULES = tuple(m for m in PASS_MODULES if not issubclass(m, POOLING_MODULES))
+POOLING_FUNCTIONS = {F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d}
 # Channel-preserving, but f(0) != 0: a masked channel comes out non-zero (SE's scales).
 UNGATING_MODULES = (nn.Sigmoid, nn.Hardsigmoid)
 UNGATING_FUNCTIONS = {torch.sigmoid, F.sigmoid, F.hardsigmoid}
@@ -96,6 +99,8 @@ def apply(a: Analysis, node: fx.Node) -> None:
         a.unknown(node, "reads channels flattened with their map (only a linear layer may)")
     elif node.op.startswith("call_") and reads_segments(a, node) and not _segment_aware(a, node):
         a.unknown(node, "reads concatenated channels")
+    elif node.op.startswith("call_") and reads_tokens(a, node) and not _token_aware(a, node):
+        a.unknown(node, "reads a token map (channels last)")
     elif node.op == "placeholder":
         a.fresh(node, "the network input (image channels)")
     elif node.op == "output":
@@ -142,6 +147,25 @@ def _block_aware(a: Analysis, node: fx.Node) -> bool:
         return node.target in PASS_METHODS | UNGATING_METHODS | METADATA_METHODS
     if node.op == "call_function":
         return node.target in PASS_FUNCTIONS | UNGATING_FUNCTIONS | METADATA_FUNCTIONS
+    return False
+
+
+def reads_tokens(a: Analysis, node: fx.Node) -> bool:
+    """Whether ``node`` reads a token map (channels last)."""
+    return any(source in a.tokens for source in node.all_input_nodes)
+
+
+def _token_aware(a: Analysis, node: fx.Node) -> bool:
+    """Ops that read a token map feature by feature: linear layers and elementwise
+    activations (pooling would mix the features, which sit where it pools)."""
+    if node.op == "call_module":
+        module = a.modules[str(node.target)]
+        return isinstance(module, (nn.Linear, *ELEMENTWISE_MODULES, *UNGATING_MODULES))
+    if node.op == "call_method":
+        return node.target in PASS_METHODS | UNGATING_METHODS | METADATA_METHODS
+    if node.op == "call_function":
+        elementwise = PASS_FUNCTIONS - POOLING_FUNCTIONS
+        return node.target in elementwise | UNGATING_FUNCTIONS | METADATA_FUNCTIONS
     return False
 
 
@@ -198,13 +222,24 @@ def _conv(a: Analysis, node: fx.Node, name: str, conv: nn.Conv2d) -> None:
         a.unknown_layer(node, name, "conv", f"is a grouped convolution (groups={conv.groups})")
 
 
-def _linear(a: Analysis, node: fx.Node, name: str, _linear: nn.Linear) -> None:
+def _linear(a: Analysis, node: fx.Node, name: str, linear: nn.Linear) -> None:
     source = _source(node)
-    if len(shape(source) or ()) != 2:
-        why = "is a linear layer on a tensor that is not N x features"
-        a.unknown_layer(node, name, "linear", why)
-        return
-    a.produce(node, name, "linear", source)
+    if len(shape(source) or ()) == 2:
+        a.produce(node, name, "linear", source)
+    elif source in a.tokens or shape(source) is not None:
+        _token_linear(a, node, name, linear, source)
+    else:
+        a.unknown_layer(node, name, "linear", "is a linear layer on an unknown tensor")
+
+
+def _token_linear(a: Analysis, node: fx.Node, name: str, linear: nn.Linear, source) -> None:
+    """A linear layer on a token map (N x ... x C, ConvNeXt's MLP): its output features
+    are a new element on the last dim; it reads a token element's features, or, from any
+    other tensor (LayerNorm over permuted channels), its last dim whole."""
+    if source not in a.tokens:
+        a.whole(source, f"layer {name!r} is a linear layer on a tensor that is not N x features")
+    a.produce(node, name, "linear", source if source in a.tokens else None, linear.out_features)
+    a.tokens.add(node)
 
 
 def _batch_norm(a: Analysis, node: fx.Node, name: str, _bn: nn.BatchNorm2d) -> None:
