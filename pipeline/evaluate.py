@@ -70,9 +70,11 @@ def open_session(
             str(path), sess_options=session_options(intra_op_threads), providers=providers
         )
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
+        here = Path.cwd()
+        shown = path.relative_to(here) if path.is_absolute() and path.is_relative_to(here) else path
         raise ArtifactError(
-            f"ONNX Runtime cannot load {path}: {exc}. The file is damaged or not an ONNX "
-            f"model: {restore_output_hint(path)}"
+            f"ONNX Runtime cannot load {shown}: {str(exc).rstrip('. ')}. The file is damaged or "
+            f"not an ONNX model: {restore_output_hint(shown)}"
         ) from exc
     used = session.get_providers()[0]
     if providers[0] == CUDA and used != CUDA:
