@@ -29,6 +29,10 @@ HTTP_RETRY_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
 }
 
+# No "Downloading artifacts: 100%|███" bars when jst reproduce or jst predict read a run's
+# files, nor upload bars in stage logs.
+QUIET_DEFAULTS = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+
 _T = TypeVar("_T")
 
 
@@ -74,7 +78,7 @@ def make_client(uri: str) -> LockTolerantClient:
         # A connection per session instead of a pool: no process keeps the file open between
         # operations, which is what parallel `dvc queue start -j N` workers need.
         os.environ.setdefault("MLFLOW_SQLALCHEMYSTORE_POOLCLASS", "NullPool")
-    for variable, value in HTTP_RETRY_DEFAULTS.items():  # a user's own setting wins
+    for variable, value in (HTTP_RETRY_DEFAULTS | QUIET_DEFAULTS).items():  # a user's wins
         os.environ.setdefault(variable, value)
     from mlflow import MlflowClient
 

@@ -23,15 +23,21 @@ def test_retry_while_locked_retries_lock_errors_only():
         retry_while_locked(lambda: (_ for _ in ()).throw(ValueError("other")), delays_s=(0,))
 
 
-def test_connecting_prints_none_of_mlflows_routine_info_lines(tmp_path, capfd):
+def test_connecting_prints_none_of_mlflows_routine_info_lines(tmp_path, capfd, monkeypatch):
     """Every stage connects to the store; MLflow's "Create SQLAlchemy engine ..." and
-    "Creating initial MLflow database tables..." INFO lines are silenced, its warnings not."""
+    "Creating initial MLflow database tables..." INFO lines and its artifact progress bars
+    are silenced, its warnings not."""
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
     import logging
 
-    make_client(f"sqlite:///{tmp_path / 'mlflow.db'}").search_experiments()
+    client = make_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.create_run(client.create_experiment("quiet"))
+    (tmp_path / "record.json").write_text("{}")
+    client.log_artifact(run.info.run_id, str(tmp_path / "record.json"))
+    client.download_artifacts(run.info.run_id, "record.json", str(tmp_path))
     printed = capfd.readouterr()
-    assert "SQLAlchemy" not in printed.err + printed.out
-    assert "database tables" not in printed.err + printed.out
+    for noise in ("SQLAlchemy", "database tables", "Downloading artifacts"):
+        assert noise not in printed.err + printed.out
     assert logging.getLogger("mlflow.store.db.utils").isEnabledFor(logging.WARNING)
     environment = logging.getLogger("mlflow.utils.environment")
     harmless = logging.LogRecord(
