@@ -78,14 +78,24 @@ def models(
         bool,
         typer.Option("--all", help="Also list torchvision CNNs not verified with discovery."),
     ] = False,
+    coverage: Annotated[
+        bool,
+        typer.Option(
+            "--coverage",
+            help="Show the share of each listed verified model's conv channels that prunes "
+            "(builds and traces every model: seconds each).",
+        ),
+    ] = False,
 ) -> None:
-    """List the model architectures model.arch accepts, and how each one's channel layout
-    is known (hand-written, or discovered by tracing the model)."""
-    from pipeline.models.registry import model_catalogue
+    """List the model architectures model.arch accepts, how each one's channel layout is
+    known (hand-written, or discovered by tracing the model) and, with --coverage, what
+    pruning reaches."""
+    from pipeline.models.registry import KIND_UNVERIFIED, model_catalogue
+    from pipeline.pruning.coverage import catalogue_lines
 
     rows = model_catalogue(every_torchvision=all_torchvision)
-    width = max(len(name) for name, _ in rows) + 2
-    typer.echo("\n".join(f"{name:<{width}}{kind}" for name, kind in rows))
+    verified = {name for name, kind in rows if kind != KIND_UNVERIFIED} if coverage else set()
+    typer.echo("\n".join(catalogue_lines(rows, verified)))
     typer.echo(
         "\nor your own model: model.arch: 'package.module:factory', a function in the "
         "repository (docs/pipeline.md, Models)"
