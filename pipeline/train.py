@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -517,6 +518,58 @@ def endless(loader) -> Batches:
     return Batches(passes(), getattr(loader, "rank_local", False))
 
 
+# Streamed epochs (large data) run in chunks of this many steps and save their place in the
+# epoch at the end of a chunk once this long has passed since the last save.
+MID_EPOCH_CHUNK_STEPS = 50
+MID_EPOCH_SAVE_S = 600.0
+
+
+@dataclass
+class _Place:
+    """How far into an epoch a run got: batches done, and the sums of their statistics."""
+
+    batch: int = 0
+    loss_sum: float = 0.0
+    top1_sum: float = 0.0
+
+
+def _epoch(
+    model,
+    loader,
+    epoch: int,
+    place: _Place,
+    optimizer,
+    scheduler,
+    settings,
+    regularizer,
+    check,
+    save: Callable[[_Place], None],
+) -> dict:
+    """One epoch's steps from ``place``; a streamed epoch saves its place now and then, so
+    a killed run resumes within it (``StreamingLoader.set_epoch(epoch, start_batch)``)."""
+    if not isinstance(loader, StreamingLoader):
+        loader.set_epoch(epoch)
+        return train_one_epoch(model, loader, optimizer, scheduler, settings, regularizer, check)
+    steps = len(loader)
+    loader.set_epoch(epoch, place.batch)
+    batches = Batches(iter(loader), loader.rank_local)
+    last_save = time.monotonic()
+    while place.batch < steps:
+        count = min(steps - place.batch, MID_EPOCH_CHUNK_STEPS)
+        stats = train_steps(
+            model, batches, count, optimizer, settings, scheduler, regularizer, check
+        )
+        place = _Place(
+            place.batch + count,
+            place.loss_sum + stats["train_loss"] * count,
+            place.top1_sum + stats["train_top1"] * count,
+        )
+        if place.batch < steps and time.monotonic() - last_save >= MID_EPOCH_SAVE_S:
+            save(place)
+            last_save = time.monotonic()
+    return {"train_loss": place.loss_sum / steps, "train_top1": place.top1_sum / steps}
+
+
 def train(
     model: nn.Module,
     data: PreparedData,
@@ -540,8 +593,9 @@ def train(
     a cosine from 1 to 0 over ``epochs``. ``lr_name`` is the parameter ``lr`` comes from,
     which a divergence error tells the user to lower.
 
-    With ``checkpoint`` set, state is saved after every epoch and a later call with the
-    same ``fingerprint`` resumes after the last finished epoch.
+    With ``checkpoint`` set, state is saved after every epoch (and, on streamed data,
+    every ``MID_EPOCH_SAVE_S`` within one); a later call with the same ``fingerprint``
+    resumes where the last save was.
     """
     model.to(device)
     loader = make_loader(data, settings, seed, device)
@@ -554,7 +608,7 @@ def train(
         steps = len(loader)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s / steps))
     history: list[dict] = []
-    start = 0
+    start, place = 0, _Place()
     check = DivergenceCheck(lr_name)
     saved = Checkpoint(checkpoint, fingerprint, desc)
     state = saved.load()
@@ -564,36 +618,52 @@ def train(
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         history, start = state["history"], state["epoch"]
+        place = _Place(**state.get("place", {}))  # within epoch start + 1 (streamed data)
         check.start_loss = state.get("start_loss")  # None in older checkpoints: set anew
-        console.log(f"{desc}: resuming after epoch {start}/{epochs} from {checkpoint}")
-    distributed.check_same(start, f"the epoch {desc} resumes after")
+        within = f", batch {place.batch}" if place.batch else ""
+        console.log(f"{desc}: resuming after epoch {start}/{epochs}{within} from {checkpoint}")
+    distributed.check_same((start, place.batch), f"the epoch and batch {desc} resumes at")
     limit = gpu_data_limit(settings, torch.device(device))
+
+    def save(place: _Place) -> None:
+        saved.save(
+            {
+                "epoch": len(history),
+                "place": place.__dict__,
+                "history": history,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": torch.get_rng_state(),
+                "start_loss": check.start_loss,
+            }
+        )
+
     with fixed_shape_speedups(torch.device(device)), epoch_progress(desc, epochs, start) as advance:
         for epoch in range(start, epochs):
-            loader.set_epoch(epoch)
             record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
             try:
-                record |= train_one_epoch(
-                    step_model, loader, optimizer, scheduler, settings, regularizer, check
+                record |= _epoch(
+                    step_model,
+                    loader,
+                    epoch,
+                    place,
+                    optimizer,
+                    scheduler,
+                    settings,
+                    regularizer,
+                    check,
+                    save,
                 )
             except TrainingDiverged as err:
                 kept = saved.kept("epoch", epoch)
                 raise diverged_at(f"{desc} epoch {epoch + 1}/{epochs}", err, kept) from None
+            place = _Place()
             val = evaluate(model, data.val, data, device, max_resident_bytes=limit)
             record |= {f"val_{k}": v for k, v in val.items()}
             history.append(record)
             if on_epoch is not None:
                 on_epoch(record)
-            saved.save(
-                {
-                    "epoch": len(history),
-                    "history": history,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": torch.get_rng_state(),
-                    "start_loss": check.start_loss,
-                }
-            )
+            save(place)
             advance(record)
     return history
