@@ -201,14 +201,16 @@ def test_a_missing_shard_is_reported_with_how_to_restore_it(streamed, tmp_path):
 
 
 RSS_PROBE = """
-import resource, sys
+import sys
+from pathlib import Path
 from pipeline.data import StreamingLoader, load_prepared
 data = load_prepared(sys.argv[1])
 loader = StreamingLoader(data.train, data.mean, data.std, batch_size=64, shuffle=True, workers=0)
 for _ in loader:
     pass
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-"""
+status = Path("/proc/self/status").read_text().splitlines()
+print(next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:")))
+"""  # VmHWM: this process's own peak (ru_maxrss may carry over the forking process's)
 
 
 def peak_rss_of_an_epoch(prepared: Path) -> int:
