@@ -125,11 +125,7 @@ def prepare_dataset(
     files = _assign_files(scan, val_fraction, test_fraction, seed)
     side = image_size or _header_side(files["train"].paths[0])
     if sum(len(part.paths) for part in files.values()) * 3 * side * side <= budget:
-        check_images([path for part in files.values() for path in part.paths], image_size)
-        splits = {
-            split: (read_images(part.paths, image_size, crop_ratio), part.labels)
-            for split, part in files.items()
-        }
+        splits = _read_splits(files, image_size, crop_ratio)
         save_prepared(_assemble("imagefolder", scan.classes, splits, None), directory)
         return load_prepared(directory)
     if image_size is None:
@@ -270,11 +266,23 @@ def _load_image_folder(
 ) -> PreparedData:
     scan = scan_image_folder(root)
     files = _assign_files(scan, val_fraction, test_fraction, seed)
-    check_images([path for part in files.values() for path in part.paths], image_size)
-    splits = {
-        split: (read_images(part.paths, image_size), part.labels) for split, part in files.items()
-    }
+    splits = _read_splits(files, image_size, None)
     return _assemble("imagefolder", scan.classes, splits, None)  # already resized by PIL
+
+
+def _read_splits(
+    files: dict[str, ImageFiles], image_size: int | None, crop_ratio: float | None
+) -> SplitArrays:
+    """Every split's decoded images; one error names every image that cannot be read."""
+    paths = [path for part in files.values() for path in part.paths]
+    if image_size is None:  # one size for all, checked on the headers before decoding
+        check_images(paths, None)
+    images = read_images(paths, image_size, crop_ratio)
+    splits, start = {}, 0
+    for split, part in files.items():
+        splits[split] = (images[start : start + len(part.paths)], part.labels)
+        start += len(part.paths)
+    return splits
 
 
 def _assign_files(

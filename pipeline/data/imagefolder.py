@@ -159,14 +159,22 @@ def read_images(
     paths: Sequence[Path], image_size: int | None, crop_ratio: float | None = None
 ) -> torch.Tensor:
     """Decode images as RGB uint8 N x 3 x H x W, fitted to ``image_size`` when set
-    (``pipeline.data.transforms.fit_image``)."""
+    (``pipeline.data.transforms.fit_image``). Every image that fails to decode (a
+    truncated file passes the header check) is named in one error."""
     if not paths:
         return torch.empty((0, 3, image_size or 1, image_size or 1), dtype=torch.uint8)
-    first = _decode(paths[0], image_size, crop_ratio)
-    batch = np.empty((len(paths), *first.shape), dtype=np.uint8)
-    batch[0] = first
-    for i, path in enumerate(paths[1:], start=1):
-        batch[i] = _decode(path, image_size, crop_ratio)
+    batch, errors = None, []
+    for i, path in enumerate(paths):
+        try:
+            pixels = _decode(path, image_size, crop_ratio)
+        except DataError as error:
+            errors.append(str(error))
+            continue
+        if batch is None:
+            batch = np.empty((len(paths), *pixels.shape), dtype=np.uint8)
+        batch[i] = pixels
+    if errors:
+        raise unreadable_images(errors)
     return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()
 
 
