@@ -10,7 +10,12 @@ torchvision VGG with BN (its 25088 x 4096 classifier is never pruned, so ~500 MB
 are written and read back); the ONNX export (torch.export, the ONNX translation, the
 checker and ONNX Runtime) 2-16 s a model. Exporting all of them would add minutes to the
 suite, so the export runs on one model of each family of operators (``EXPORTED``); set
-JST_EXPORT_EVERY_VERIFIED=1 to export every verified model."""
+JST_EXPORT_EVERY_VERIFIED=1 to export every verified model. There, resnet101, resnet152 and
+resnext101_32x8d fail the export's parity check (largest difference 8e-4 to 5e-3 at logits
+of scale 1.4, tolerance 1e-4 x scale): untrained, with BN statistics of 16 images, these
+deep networks amplify rounding so much that PyTorch's own float32 output differs from its
+float64 output by 5.7e-4 (resnet101), as much as ONNX Runtime's does; with the initial BN
+statistics they pass (1.6e-6)."""
 
 from __future__ import annotations
 
