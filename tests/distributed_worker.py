@@ -7,7 +7,12 @@ with no torchrun the same code runs as one process (rank 0).
 """
 
 import json
+import multiprocessing
+import os
+import socket
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -56,6 +61,38 @@ def run_methods(out: Path) -> None:
         saved = out / method / f"rank{distributed.rank()}"
         save_compact(saved, result.spec, result.model)
         (saved / "history.json").write_text(json.dumps(result.history, indent=1))
+
+
+def as_rank(rank: int, port: int) -> None:
+    """The environment torchrun gives rank ``rank`` of 2, in this process."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank)
+    )
+    os.environ["WORLD_SIZE"] = "2"
+
+
+@contextmanager
+def two_forked_ranks(target: Callable[..., None], *args) -> Iterator[None]:
+    """Run ``target(rank, port, *args)`` as ranks 0 and 1 while the block runs; both must
+    exit cleanly. Forked from this process (torchvision and the pipeline are imported
+    already: a fresh process spends most of a test importing them); each rank joins the
+    gloo group through init_from_env from the variables ``as_rank`` sets."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # OpenMP's thread pool does not survive a fork
+    context = multiprocessing.get_context("fork")
+    ranks = [context.Process(target=target, args=(r, port, *args)) for r in (0, 1)]
+    try:
+        for process in ranks:
+            process.start()
+        yield
+    finally:
+        for process in ranks:
+            process.join(timeout=600)
+        torch.set_num_threads(threads)
+    assert [p.exitcode for p in ranks] == [0, 0]
 
 
 def main(out: str) -> None:

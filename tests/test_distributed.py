@@ -7,9 +7,6 @@ global batch. Weights agree with the single-process ones only up to float roundi
 tests/distributed_worker.py says why JST runs without gate learning here.
 """
 
-import multiprocessing
-import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -18,43 +15,20 @@ import torch
 from pipeline import distributed
 from pipeline.artifacts import load_compact
 from stages.common import run_stage
-from tests.distributed_worker import CONFIGS, main, run_methods
+from tests.distributed_worker import CONFIGS, as_rank, main, run_methods, two_forked_ranks
 
 
 def _rank(rank: int, port: int, out: Path) -> None:
-    """One rank, in the environment torchrun would give it."""
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank)
-    )
-    os.environ["WORLD_SIZE"] = "2"
+    as_rank(rank, port)
     main(str(out))
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """(single-process dir, 2-process dir); the two runs overlap in time.
-
-    The ranks are forked from this process (torchvision and the pipeline are imported
-    already: a fresh process spends most of this test importing them); each joins the
-    gloo group through init_from_env from the variables torchrun sets.
-    """
+    """(single-process dir, 2-process dir); the two runs overlap in time."""
     one, two = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("two")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # OpenMP's thread pool does not survive a fork
-    context = multiprocessing.get_context("fork")
-    ranks = [context.Process(target=_rank, args=(r, port, two)) for r in (0, 1)]
-    try:
-        for process in ranks:
-            process.start()
+    with two_forked_ranks(_rank, two):
         run_methods(one)
-    finally:
-        for process in ranks:
-            process.join(timeout=600)
-        torch.set_num_threads(threads)
-    assert [p.exitcode for p in ranks] == [0, 0]
     return one, two
 
 

@@ -6,9 +6,6 @@ on both."""
 from __future__ import annotations
 
 import json
-import multiprocessing
-import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -20,6 +17,7 @@ from pipeline.data import load_prepared, prepare_dataset
 from pipeline.methods import SearchContext, get_method
 from pipeline.train import make_loader, seed_everything
 from tests.conftest import tiny_config
+from tests.distributed_worker import as_rank, two_forked_ranks
 from tests.methods.jst.run_tiny_jst import TINY_JST
 
 FP32 = {"precision": "fp32", "memory_format": "contiguous", "workers": 1}
@@ -34,11 +32,7 @@ def config():
 
 
 def _rank(rank: int, port: int, prepared: Path, out: Path) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank)
-    )
-    os.environ["WORLD_SIZE"] = "2"
-    torch.set_num_threads(1)
+    as_rank(rank, port)
     distributed.init_from_env()
     try:
         data = load_prepared(prepared)
@@ -59,21 +53,8 @@ def ranks(tmp_path_factory):
     data = prepare_dataset("digits", None, prepared, image_size=8, max_memory_mb=0)
     assert data.streamed
     out = tmp_path_factory.mktemp("ranks")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # OpenMP's thread pool does not survive a fork
-    context = multiprocessing.get_context("fork")
-    processes = [context.Process(target=_rank, args=(r, port, prepared, out)) for r in (0, 1)]
-    try:
-        for process in processes:
-            process.start()
-    finally:
-        for process in processes:
-            process.join(timeout=600)
-        torch.set_num_threads(threads)
-    assert [p.exitcode for p in processes] == [0, 0]
+    with two_forked_ranks(_rank, prepared, out):
+        pass
     return data, out
 
 
