@@ -39,7 +39,7 @@ done
 CARRY=${GPU_CHECK_CARRY:-$ROOT/.gpu_carry}
 # The project's runtime packages that the GPU machine's image lacks and that are small
 # enough to carry (docs/gpus.md); mlflow, dvc and onnxruntime-gpu are not carried.
-CARRIED=(pydantic pydantic-core annotated-types typing-inspection typing-extensions)
+CARRIED=(pydantic pydantic-core annotated-types typing-inspection typing-extensions webdataset braceexpand)
 
 if [ "$PREPARE" = 1 ]; then
     mkdir -p "$CARRY/wheels"
@@ -103,7 +103,8 @@ modules = {"pydantic": "pydantic", "mlflow": "mlflow", "dvc": "dvc", "moto": "mo
            "flask-cors": "flask_cors", "typer": "typer", "rich": "rich",
            "safetensors": "safetensors", "hypothesis": "hypothesis", "yaml": "yaml",
            "sklearn": "sklearn", "matplotlib": "matplotlib", "onnxscript": "onnxscript",
-           "pytest-timeout": "pytest_timeout", "pytest-xdist": "xdist"}
+           "pytest-timeout": "pytest_timeout", "pytest-xdist": "xdist",
+           "webdataset": "webdataset"}
 def absent(module):
     try:
         return importlib.util.find_spec(module) is None
