@@ -186,6 +186,11 @@ class E2ERepo:
         details = self.root / "metrics" / "details" / f"{stage}.json"
         return json.loads(details.read_text()) | record if details.is_file() else record
 
+    def prepared_meta(self) -> dict[str, Any]:
+        """What the prepare stage says of its splits (data/prepared/meta.json): classes,
+        input shape, mean/std, sizes."""
+        return json.loads((self.root / "data" / "prepared" / "meta.json").read_text())
+
     def sha256(self, relative: str) -> str:
         return hashlib.sha256((self.root / relative).read_bytes()).hexdigest()
 

@@ -86,4 +86,4 @@ def test_the_registered_version_is_found_and_downloaded_by_dvc(
     shape = [dim if isinstance(dim, int) else 2 for dim in given.shape]
     dtype = np.uint8 if given.type == "tensor(uint8)" else np.float32
     (logits,) = session.run(None, {given.name: np.zeros(shape, dtype)})
-    assert logits.shape == (2, len(registry.metrics("prepare")["classes"]))
+    assert logits.shape == (2, len(registry.prepared_meta()["classes"]))

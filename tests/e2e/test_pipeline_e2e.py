@@ -134,7 +134,7 @@ def test_repro_produces_models_metrics_and_plots(repo: E2ERepo) -> None:
     assert export["max_abs_diff"] < 1e-4
     search = repo.metrics("search")
     assert search["arch_sha256"] == evaluate["arch_sha256"] == export["arch_sha256"]
-    assert repo.metrics("prepare")["input_shape"] == [1, 8, 8]
+    assert repo.prepared_meta()["input_shape"] == [1, 8, 8]
 
     for relative in (
         "models/compact/arch.json",
