@@ -4,12 +4,12 @@ training, slicing at the default FLOPs budget (random kept channels), the save_c
 load_compact round trip (safetensors, bit for bit), then ONNX export with ONNX Runtime
 parity.
 
-Cost, measured on 2 CPU cores shared with other jobs: the chain up to the round trip takes
-0.2-1 s a model, 2-4 s for resnet110/101/152/resnext101/wide_resnet50_2 and 5-7 s for each
-torchvision VGG with BN (its 25088 x 4096 classifier is never pruned, so ~500 MB of weights
-are written and read back); the ONNX export (torch.export, the ONNX translation, the
-checker and ONNX Runtime) 2-16 s a model. Exporting all of them would add minutes to the
-suite, so the export runs on one model of each family of operators (``EXPORTED``); set
+Cost, measured on 2 CPU cores shared with other jobs (load 7): the chain up to the round
+trip takes 0.2-1 s a model and 2-4.5 s for the largest (resnet110/101/152, resnext101,
+wide_resnet50_2, the torchvision VGGs with BN); the ONNX export (torch.export, the ONNX
+translation, the checker and ONNX Runtime) 3-12 s a model. Exporting all of them would add
+minutes to the suite, so the export runs on one model of each family of operators
+(``EXPORTED``); set
 JST_EXPORT_EVERY_VERIFIED=1 to export every verified model. There, resnet101, resnet152 and
 resnext101_32x8d fail the export's parity check (largest difference 8e-4 to 5e-3 at logits
 of scale 1.4, tolerance 1e-4 x scale): untrained, with BN statistics of 16 images, these
