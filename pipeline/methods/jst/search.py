@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from pipeline import distributed
+from pipeline.artifacts import load_state_dict_with_versions
 from pipeline.checkpoint import Checkpoint
 from pipeline.data import ImageSplit, PreparedData
 from pipeline.errors import TrainingDiverged
@@ -445,7 +446,8 @@ class JointSearch:
         elif self.best is not None:
             keep, alpha = self.best["keep"], self.best["alpha"]
             sub = self._sub_network(keep)
-            sub.load_state_dict(self.best["weights"])
+            # a plain dict of tensors: module versions come from the sub-network
+            load_state_dict_with_versions(sub, self.best["weights"])
             iteration, val_top1 = self.best["iteration"], self.best["val_top1"]
         else:
             raise RuntimeError("no candidate met the final budget")  # projection forbids it
