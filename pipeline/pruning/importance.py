@@ -63,9 +63,14 @@ class Importance(ABC):
     ) -> KeptChannels:
         """The highest-scoring channels of every group, as many as ``widths`` allows."""
         scores = self(model, layout)
+        groups = self.scorable(layout, groups)
         return indices_from_scores(
             scores, self.widths(cost, scores, groups, target, k_min, round_to)
         )
+
+    def scorable(self, layout: ChannelLayout, groups: Sequence[str]) -> list[str]:
+        """The ``groups`` this criterion can rank; the others keep every channel."""
+        return list(groups)
 
 
 class MagnitudeImportance(Importance):
@@ -97,23 +102,14 @@ class BNScaleImportance(Importance):
         modules = dict(model.named_modules())
         scores = {}
         for name, g in layout.groups.items():
-            if not g.scored_bns:  # kept whole by kept_channels; every channel ranks alike
+            if not g.scored_bns:  # not ranked (scorable): every channel alike
                 scores[name] = torch.ones(g.width)
                 continue
             gammas = [modules[bn].weight.detach().abs().cpu() for bn in g.scored_bns]
             scores[name] = torch.stack(gammas).view(len(gammas), g.tiles, g.width).mean((0, 1))
         return scores
 
-    def kept_channels(
-        self,
-        model: nn.Module,
-        layout: ChannelLayout,
-        cost: FlopsModel,
-        groups: Sequence[str],
-        target: float,
-        k_min: int,
-        round_to: int = 1,
-    ) -> KeptChannels:
+    def scorable(self, layout: ChannelLayout, groups: Sequence[str]) -> list[str]:
         unscorable = unscorable_groups(layout, groups)
         if unscorable:
             warnings.warn(
@@ -122,10 +118,9 @@ class BNScaleImportance(Importance):
                 f"{', ...' if len(unscorable) > 8 else ''}): they stay whole and the budget "
                 "is met by the others; search.method l1, random or jst prunes them too.",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-        scorable = [g for g in groups if g not in unscorable]
-        return super().kept_channels(model, layout, cost, scorable, target, k_min, round_to)
+        return [g for g in groups if g not in unscorable]
 
 
 def unscorable_groups(layout: ChannelLayout, groups: Sequence[str]) -> list[str]:

@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 from pipeline.pruning.discovery import discover
-from pipeline.pruning.flops import FlopsModel, count_flops
-from pipeline.pruning.gates import fold_gates, gated, keep_masks
-from pipeline.pruning.slicing import resize_model, scatter_weights, slice_weights
+from pipeline.pruning.exactness import check, random_keep
+from pipeline.pruning.flops import FlopsModel
+from pipeline.pruning.gates import fold_gates, gated
+from pipeline.pruning.slicing import resize_model, slice_weights
 
 SHAPE = (3, 8, 8)
 
@@ -92,40 +93,16 @@ def test_every_concatenated_input_is_a_group_and_its_readers_are_wired_run_by_ru
     assert found.whole == () and len(found.layout.groups) == 5
 
 
-def _random_keep(layout, generator):
-    keep = {}
-    for group, g in layout.groups.items():
-        k = int(torch.randint(1, g.width + 1, (1,), generator=generator))
-        keep[group] = torch.sort(torch.randperm(g.width, generator=generator)[:k]).values
-    return keep
-
-
 @pytest.mark.parametrize("name", sorted(MODELS))
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**31 - 1))
 def test_masked_dense_equals_sliced_compact_and_flops_agree(name, seed):
     model, found, flops = _dense(name)
-    layout = found.layout
     generator = torch.Generator().manual_seed(seed)
-    keep = _random_keep(layout, generator)
-    widths = {group: len(kept) for group, kept in keep.items()}
-    compact = resize_model(copy.deepcopy(model), layout, widths).eval()
-    slice_weights(model, compact, layout, keep)
+    keep = random_keep(found.layout, generator)
     x = torch.randn(2, *SHAPE, generator=generator)
-    with torch.no_grad(), gated(model, layout, keep_masks(layout, keep)):
-        masked = model(x)
-    with torch.no_grad():
-        sliced = compact(x)
-    torch.testing.assert_close(sliced, masked, rtol=1e-5, atol=1e-5)
-    assert count_flops(compact, SHAPE) == flops(widths)
-    restored = copy.deepcopy(model)
-    for p in restored.parameters():
-        p.data.zero_()
-    scatter_weights(restored, compact, layout, keep)
-    again = resize_model(copy.deepcopy(model), layout, widths)
-    slice_weights(restored, again, layout, keep)
-    for key, value in compact.state_dict().items():
-        torch.testing.assert_close(again.state_dict()[key], value)
+    report = check(model, found.layout, keep, x, flops)
+    assert report.holds(tolerance=1e-5), report
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -135,7 +112,7 @@ def test_jst_gates_on_a_compact_model_fold_into_the_bns_over_concatenations(name
     model, found, _ = _dense(name)
     layout = found.layout
     generator = torch.Generator().manual_seed(5)
-    keep = _random_keep(layout, generator)
+    keep = random_keep(layout, generator)
     compact = resize_model(copy.deepcopy(model), layout, {g: len(k) for g, k in keep.items()})
     slice_weights(model, compact, layout, keep)
     compact.eval()

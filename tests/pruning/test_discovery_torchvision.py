@@ -15,9 +15,9 @@ from torch import nn
 
 from pipeline.models import build_on_meta
 from pipeline.pruning.discovery import discover
+from pipeline.pruning.exactness import check, random_keep
 from pipeline.pruning.flops import FlopsModel, count_flops
-from pipeline.pruning.gates import gated, keep_masks
-from pipeline.pruning.slicing import resize_model, slice_weights
+from pipeline.pruning.slicing import resize_model
 
 torchvision = pytest.importorskip("torchvision")
 SHAPE = (3, 32, 32)
@@ -125,33 +125,16 @@ def _dense(name: str):
     return _DENSE[name]
 
 
-def _random_keep(layout, generator):
-    """Per group a random non-empty subset of its channels, ascending."""
-    keep = {}
-    for name, group in layout.groups.items():
-        k = int(torch.randint(1, group.width + 1, (1,), generator=generator))
-        keep[name] = torch.sort(torch.randperm(group.width, generator=generator)[:k]).values
-    return keep
-
-
 @pytest.mark.parametrize("name", sorted(BUILDERS))
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**31 - 1))
 def test_masked_dense_equals_sliced_compact_and_flops_agree(name, seed):
     model, found, flops = _dense(name)
-    layout = found.layout
     generator = torch.Generator().manual_seed(seed)
-    keep = _random_keep(layout, generator)
-    widths = {group: len(kept) for group, kept in keep.items()}
-    compact = resize_model(copy.deepcopy(model), layout, widths).eval()
-    slice_weights(model, compact, layout, keep)
+    keep = random_keep(found.layout, generator)
     x = torch.randn(2, *SHAPE, generator=generator)
-    with torch.no_grad(), gated(model, layout, keep_masks(layout, keep)):
-        masked = model(x)
-    with torch.no_grad():
-        sliced = compact(x)
-    torch.testing.assert_close(sliced, masked, rtol=1e-4, atol=1e-4)
-    assert count_flops(compact, SHAPE) == flops(widths)
+    report = check(model, found.layout, keep, x, flops, scatter=False)
+    assert report.holds(tolerance=1e-4), report
 
 
 # What each model leaves whole, and why (reduced-width builds; docs/discovery.md has the

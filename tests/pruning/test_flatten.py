@@ -2,8 +2,6 @@
 input columns are sliced per kept channel, a block of H x W columns each; masked dense ==
 sliced compact, the FLOPs model == counted FLOPs, and scatter inverts slice."""
 
-import copy
-
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -11,9 +9,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from pipeline.pruning.discovery import discover
-from pipeline.pruning.flops import FlopsModel, count_flops
-from pipeline.pruning.gates import gated, keep_masks
-from pipeline.pruning.slicing import resize_model, scatter_weights, slice_weights
+from pipeline.pruning.exactness import check, random_keep
+from pipeline.pruning.flops import FlopsModel
 
 SHAPE = (3, 8, 8)
 
@@ -96,30 +93,11 @@ def test_the_flattened_channels_are_a_group_read_in_blocks(name):
 @given(seed=st.integers(0, 2**31 - 1))
 def test_masked_dense_equals_sliced_compact_and_flops_agree(name, seed):
     model, found, flops = _dense(name)
-    layout = found.layout
     generator = torch.Generator().manual_seed(seed)
-    keep = {}
-    for group, g in layout.groups.items():
-        k = int(torch.randint(1, g.width + 1, (1,), generator=generator))
-        keep[group] = torch.sort(torch.randperm(g.width, generator=generator)[:k]).values
-    widths = {group: len(kept) for group, kept in keep.items()}
-    compact = resize_model(copy.deepcopy(model), layout, widths).eval()
-    slice_weights(model, compact, layout, keep)
+    keep = random_keep(found.layout, generator)
     x = torch.randn(2, *SHAPE, generator=generator)
-    with torch.no_grad(), gated(model, layout, keep_masks(layout, keep)):
-        masked = model(x)
-    with torch.no_grad():
-        sliced = compact(x)
-    torch.testing.assert_close(sliced, masked, rtol=1e-5, atol=1e-5)
-    assert count_flops(compact, SHAPE) == flops(widths)
-    restored = copy.deepcopy(model)
-    for p in restored.parameters():
-        p.data.zero_()
-    scatter_weights(restored, compact, layout, keep)
-    again = resize_model(copy.deepcopy(model), layout, widths)
-    slice_weights(restored, again, layout, keep)
-    for key, value in compact.state_dict().items():
-        torch.testing.assert_close(again.state_dict()[key], value)
+    report = check(model, found.layout, keep, x, flops)
+    assert report.holds(tolerance=1e-5), report
 
 
 def test_a_flattened_map_read_by_another_op_stays_whole():

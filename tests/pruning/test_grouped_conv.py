@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 from pipeline.pruning.discovery import discover
-from pipeline.pruning.flops import FlopsModel, count_flops
-from pipeline.pruning.gates import fold_gates, gated, keep_masks
+from pipeline.pruning.exactness import check, compact_of, random_keep
+from pipeline.pruning.flops import FlopsModel
+from pipeline.pruning.gates import fold_gates, gated
 from pipeline.pruning.importance import MagnitudeImportance
-from pipeline.pruning.slicing import resize_model, scatter_weights, slice_weights
 
 SHAPE = (3, 8, 8)
 
@@ -62,53 +62,26 @@ def resnext():
 
 
 def test_the_channels_a_grouped_conv_reads_and_writes_are_tiled_by_its_groups(resnext):
-    _, found, _ = resnext
+    model, found, _ = resnext
     groups = found.layout.groups
     assert found.whole == ()
     assert (groups["reduce.0"].tiles, groups["reduce.0"].width) == (4, 2)
     assert (groups["grouped.0"].tiles, groups["grouped.0"].width) == (4, 3)
     assert groups["stem.0"].tiles == 1 and groups["fc1"].tiles == 1
-
-
-def _random_keep(layout, generator):
-    keep = {}
-    for group, g in layout.groups.items():
-        k = int(torch.randint(1, g.width + 1, (1,), generator=generator))
-        keep[group] = torch.sort(torch.randperm(g.width, generator=generator)[:k]).values
-    return keep
+    keep = {name: torch.arange(max(1, g.width - 1)) for name, g in groups.items()}
+    grouped = compact_of(model, found.layout, keep).grouped[0]  # keeps 1 of 2, 2 of 3
+    assert (grouped.groups, grouped.in_channels, grouped.out_channels) == (4, 4, 8)
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**31 - 1))
 def test_masked_dense_equals_sliced_compact_and_flops_agree(resnext, seed):
     model, found, flops = resnext
-    layout = found.layout
     generator = torch.Generator().manual_seed(seed)
-    keep = _random_keep(layout, generator)
-    widths = {group: len(kept) for group, kept in keep.items()}
-    compact = resize_model(copy.deepcopy(model), layout, widths).eval()
-    slice_weights(model, compact, layout, keep)
-    grouped = compact.grouped[0]
-    assert grouped.groups == 4
-    assert (grouped.in_channels, grouped.out_channels) == (
-        4 * widths["reduce.0"],
-        4 * widths["grouped.0"],
-    )
+    keep = random_keep(found.layout, generator)
     x = torch.randn(2, *SHAPE, generator=generator)
-    with torch.no_grad(), gated(model, layout, keep_masks(layout, keep)):
-        masked = model(x)
-    with torch.no_grad():
-        sliced = compact(x)
-    torch.testing.assert_close(sliced, masked, rtol=1e-5, atol=1e-5)
-    assert count_flops(compact, SHAPE) == flops(widths)
-    restored = copy.deepcopy(model)
-    for p in restored.parameters():
-        p.data.zero_()
-    scatter_weights(restored, compact, layout, keep)
-    again = resize_model(copy.deepcopy(model), layout, widths)
-    slice_weights(restored, again, layout, keep)
-    for key, value in compact.state_dict().items():
-        torch.testing.assert_close(again.state_dict()[key], value)
+    report = check(model, found.layout, keep, x, flops)
+    assert report.holds(tolerance=1e-5), report
 
 
 def test_jst_gates_fold_and_l1_scores_a_position_over_every_tile(resnext):

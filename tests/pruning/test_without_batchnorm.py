@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 from pipeline.pruning.discovery import discover
-from pipeline.pruning.flops import FlopsModel, count_flops
-from pipeline.pruning.gates import fold_gates, gated, keep_masks
+from pipeline.pruning.exactness import check, random_keep
+from pipeline.pruning.flops import FlopsModel
+from pipeline.pruning.gates import fold_gates, gated
 from pipeline.pruning.importance import BNScaleImportance, MagnitudeImportance
-from pipeline.pruning.slicing import resize_model, slice_weights
 
 SHAPE = (3, 16, 16)
 
@@ -65,22 +65,11 @@ def test_groups_without_a_batchnorm_are_gated_on_their_producers_outputs(plain):
 @given(seed=st.integers(0, 2**31 - 1))
 def test_masked_dense_equals_sliced_compact_and_flops_agree(plain, seed):
     model, found, flops = plain
-    layout = found.layout
     generator = torch.Generator().manual_seed(seed)
-    keep = {}
-    for name, group in layout.groups.items():
-        k = int(torch.randint(1, group.width + 1, (1,), generator=generator))
-        keep[name] = torch.sort(torch.randperm(group.width, generator=generator)[:k]).values
-    widths = {name: len(kept) for name, kept in keep.items()}
-    compact = resize_model(copy.deepcopy(model), layout, widths).eval()
-    slice_weights(model, compact, layout, keep)
+    keep = random_keep(found.layout, generator)
     x = torch.randn(2, *SHAPE, generator=generator)
-    with torch.no_grad(), gated(model, layout, keep_masks(layout, keep)):
-        masked = model(x)
-    with torch.no_grad():
-        sliced = compact(x)
-    torch.testing.assert_close(sliced, masked, rtol=1e-5, atol=1e-5)
-    assert count_flops(compact, SHAPE) == flops(widths)
+    report = check(model, found.layout, keep, x, flops)
+    assert report.holds(tolerance=1e-5), report
 
 
 def test_jst_gates_fold_into_the_layers_they_sit_on(plain):

@@ -1,16 +1,14 @@
 """Discovery treats an op as zero-preserving (a masked channel stays zero) only when it is:
 every entry of the pass-through lists is checked against f(0) == 0 on real calls."""
 
-import copy
-
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
 from pipeline.pruning.discovery import discover, rules
 from pipeline.pruning.discovery.rules import call_keeps_zero, module_keeps_zero
-from pipeline.pruning.gates import gated, keep_masks
-from pipeline.pruning.slicing import resize_model, slice_weights
+from pipeline.pruning.exactness import check, random_keep
+from pipeline.pruning.flops import FlopsModel
 
 ZEROS = torch.zeros(2, 3, 4, 4)
 
@@ -107,36 +105,26 @@ class _ClampedNet(nn.Module):
         return self.fc(self.b(self.a(x)).mean((2, 3)))
 
 
-def _masked_and_sliced(model: nn.Module, shape, seed: int):
+def _exactness(model: nn.Module, shape, seed: int):
     found = discover(model, shape)
     generator = torch.Generator().manual_seed(seed)
-    keep = {
-        name: torch.sort(torch.randperm(g.width, generator=generator)[: g.width // 2]).values
-        for name, g in found.layout.groups.items()
-    }
-    widths = {name: len(kept) for name, kept in keep.items()}
-    compact = resize_model(copy.deepcopy(model), found.layout, widths).eval()
-    slice_weights(model, compact, found.layout, keep)
+    keep = random_keep(found.layout, generator)
     x = torch.randn(2, *shape, generator=generator)
-    with torch.no_grad(), gated(model, found.layout, keep_masks(found.layout, keep)):
-        masked = model(x)
-    with torch.no_grad():
-        sliced = compact(x)
-    return found, masked, sliced
+    return found, check(model, found.layout, keep, x, FlopsModel(model, found.layout, shape))
 
 
 def test_a_clamp_that_lifts_zero_leaves_the_channels_it_feeds_whole_and_masked_equals_sliced():
     torch.manual_seed(0)
     model = _ClampedNet(nn.Hardtanh(0.1, 6.0)).eval()
-    found, masked, sliced = _masked_and_sliced(model, (3, 8, 8), seed=1)
+    found, report = _exactness(model, (3, 8, 8), seed=1)
     assert "a.0" not in found.layout.groups and "b.0" in found.layout.groups
     assert any(m == "a.0" and "without a gate" in why for m, why in found.whole)
-    torch.testing.assert_close(sliced, masked, rtol=1e-5, atol=1e-5)
+    assert report.holds(tolerance=1e-5), report
 
 
 def test_a_clamp_whose_range_holds_zero_still_lets_its_channels_prune():
     torch.manual_seed(0)
     model = _ClampedNet(nn.Hardtanh(0.0, 6.0)).eval()
-    found, masked, sliced = _masked_and_sliced(model, (3, 8, 8), seed=1)
+    found, report = _exactness(model, (3, 8, 8), seed=1)
     assert "a.0" in found.layout.groups
-    torch.testing.assert_close(sliced, masked, rtol=1e-5, atol=1e-5)
+    assert report.holds(tolerance=1e-5), report

@@ -95,11 +95,11 @@ def call_keeps_zero(node: fx.Node) -> bool:
 
 def apply(a: Analysis, node: fx.Node) -> None:
     """Move ``node``'s channel elements by the rule of its op."""
-    if node.op.startswith("call_") and reads_blocks(a, node) and not _block_aware(a, node):
+    if node.op.startswith("call_") and reads_blocks(a, node) and not _feature_wise(a, node):
         a.unknown(node, "reads channels flattened with their map (only a linear layer may)")
     elif node.op.startswith("call_") and reads_segments(a, node) and not _segment_aware(a, node):
         a.unknown(node, "reads concatenated channels")
-    elif node.op.startswith("call_") and reads_tokens(a, node) and not _token_aware(a, node):
+    elif node.op.startswith("call_") and reads_tokens(a, node) and not _feature_wise(a, node):
         a.unknown(node, "reads a token map (channels last)")
     elif node.op == "placeholder":
         a.fresh(node, "the network input (image channels)")
@@ -137,27 +137,15 @@ def reads_blocks(a: Analysis, node: fx.Node) -> bool:
     return any(source in a.block for source in node.all_input_nodes)
 
 
-def _block_aware(a: Analysis, node: fx.Node) -> bool:
-    """Ops that keep channel blocks intact: a linear layer and the one-to-one ops (dropout,
-    activations) between the flatten and it."""
-    if node.op == "call_module":
-        module = a.modules[str(node.target)]
-        return isinstance(module, (nn.Linear, *PASS_MODULES, *UNGATING_MODULES))
-    if node.op == "call_method":
-        return node.target in PASS_METHODS | UNGATING_METHODS | METADATA_METHODS
-    if node.op == "call_function":
-        return node.target in PASS_FUNCTIONS | UNGATING_FUNCTIONS | METADATA_FUNCTIONS
-    return False
-
-
 def reads_tokens(a: Analysis, node: fx.Node) -> bool:
     """Whether ``node`` reads a token map (channels last)."""
     return any(source in a.tokens for source in node.all_input_nodes)
 
 
-def _token_aware(a: Analysis, node: fx.Node) -> bool:
-    """Ops that read a token map feature by feature: linear layers and elementwise
-    activations (pooling would mix the features, which sit where it pools)."""
+def _feature_wise(a: Analysis, node: fx.Node) -> bool:
+    """Ops that may read features laid out other than on dim 1 (channel blocks of a
+    flattened map, a token map's last dim): linear layers and elementwise activations
+    and dropout (pooling would mix features, which sit where it pools)."""
     if node.op == "call_module":
         module = a.modules[str(node.target)]
         return isinstance(module, (nn.Linear, *ELEMENTWISE_MODULES, *UNGATING_MODULES))
