@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.provenance import RECORD_FILE
-from pipeline.reproduce import is_timing, locked_deps
+from pipeline.reproduce import is_timing, locked_deps, rebuilt_evaluation
 from pipeline.tracking import RecordedModelVersion, recorded_model_version
 from tests.e2e.e2e_repo import STAGES, TINY_PARAMS, E2ERepo
 
@@ -140,7 +140,7 @@ def test_rebuild_from_records_gives_the_same_architecture_and_metrics(
     commit = recorded.record["git"]["commit"]
     head = E2ERepo(workdir).git("rev-parse", "HEAD").output.strip()
     assert head == commit
-    rebuilt = json.loads((workdir / "metrics" / "evaluate.json").read_text())
+    rebuilt = rebuilt_evaluation(workdir)  # metrics/evaluate.json + metrics/details/
     assert rebuilt["arch_sha256"] == recorded.tags["arch_sha256"]
     compared = [name for name in recorded.metrics if not is_timing(name)]
     assert {"top1", "top5", "flops", "params", "flops_ratio"} <= set(compared)
