@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import comparison_report as comparison
+import data_report
 import experiments_report
 import performance_report
 from records import machine_text, metrics, result
@@ -127,6 +128,7 @@ BLOCKS: dict[tuple[str, str], Callable[[], str]] = {
 }
 BLOCKS.update(performance_report.BLOCKS)
 BLOCKS.update(experiments_report.BLOCKS)
+BLOCKS.update(data_report.BLOCKS)
 # file -> its whole text
 WHOLE_FILES: dict[str, Callable[[], str]] = {
     "docs/comparison.md": comparison_doc,
