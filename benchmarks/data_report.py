@@ -26,8 +26,8 @@ def streaming() -> str:
         f"({record['search_epochs']} epochs, batch {record['batch_size']}, "
         f"{record['workers']} decoding workers for shards) in a fresh process:",
         "",
-        "| images | decoded | form | on disk | prepare | peak RSS, main | largest worker |",
-        "|---|---|---|---|---|---|---|",
+        "| images | decoded | form | on disk | prepare | search | peak RSS, main | largest worker |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for entry in sizes:
         for form in ("memory", "shards"):
@@ -35,6 +35,7 @@ def streaming() -> str:
             lines.append(
                 f"| {entry['images']:,} | {entry['decoded_mb']:.0f} MB | {form} | "
                 f"{run['disk_mb']:.0f} MB | {run['prepare_s']:.1f} s | "
+                f"{run['peak_rss']['wall_s']:.0f} s | "
                 f"{run['peak_rss']['main'] / MB:.0f} MB | {_worker(run['peak_rss'])} |"
             )
     decoded = large["decoded_mb"] - small["decoded_mb"]
