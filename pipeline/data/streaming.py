@@ -112,6 +112,12 @@ class StreamingLoader:
                 f"train.batch_size = {batch_size} does not split evenly over {world} processes; "
                 f"set a multiple of {world} (streamed data give each process an equal share)."
             )
+        if shuffle and len(split.shards) < world:
+            raise DataError(
+                f"the split has {len(split.shards)} shard(s), fewer than the {world} processes "
+                f"that would each read their own; run fewer processes, or prepare the data "
+                f"in memory (raise data.max_memory_mb) if it fits."
+            )
         self.split = split
         self.device = torch.device(device)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device)

@@ -85,6 +85,11 @@ def train_loader(data, **kwargs) -> StreamingLoader:
     return StreamingLoader(data.train, data.mean, data.std, **(options | kwargs))
 
 
+def test_more_ranks_than_shards_is_a_clear_error(streamed):
+    with pytest.raises(DataError, match="fewer than the 64 processes"):
+        train_loader(streamed, rank=0, world=64, batch_size=64)
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_ranks_read_disjoint_shares_and_epochs_reshuffle(streamed, workers):
     per_shard = max(streamed.train.counts)
