@@ -117,14 +117,14 @@ class ModelConfig(_Section):
 class AugmentConfig(_Section):
     crop_padding: int = Field(1, ge=0, le=64)
     hflip: bool = False
-    random_resized_crop: tuple[float, float] | None = None
+    random_resized_crop: list[float] | None = None
 
     @model_validator(mode="after")
     def _one_crop(self) -> AugmentConfig:
         scale = self.random_resized_crop
         if scale is None:
             return self
-        if not 0 < scale[0] <= scale[1] <= 1:
+        if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
             raise ValueError(
                 f"train.augment.random_resized_crop = {list(scale)} is invalid; give the area "
                 f"fraction range [min, max] with 0 < min <= max <= 1, e.g. [0.08, 1.0]"
