@@ -294,6 +294,10 @@ def test_experiment_reruns_from_search_and_registers_a_new_version(
     assert any(0.49 <= r <= 0.5 for r in baseline), ratios  # the committed baseline
     csv = repo.dvc("exp", "show", "--csv").output
     assert "e2e-flops-03" in csv
+    table = repo.run(["python", "-m", "pipeline.cli", "experiments"], timeout=120)
+    assert table.returncode == 0, table.describe()
+    row = next(line for line in table.output.splitlines() if line.startswith("e2e-flops-03"))
+    assert "FLOPs 0.3" in row and f"{ratios['e2e-flops-03']:.3f}" in row, table.describe()
 
     diff = repo.dvc("metrics", "diff")
     assert diff.returncode == 0
