@@ -134,7 +134,6 @@ def top_k_accuracy(
     return {f"top{k}": hits[k] / len(images) for k in ks}
 
 
-
 def split_top_k(
     session: ort.InferenceSession,
     batches,
@@ -154,6 +153,7 @@ def split_top_k(
     if count == 0:
         raise ValueError("no images to measure accuracy on")
     return {f"top{k}": hits[k] / count for k in ks}
+
 
 def measure_latency(
     sessions: dict[str, ort.InferenceSession],

@@ -63,6 +63,7 @@ def main() -> None:
         sessions = {"dense": dense_session, "compact": session}
         onnx_metadata = read_metadata(ONNX_MODEL)
         input_format = input_format_of(onnx_metadata, ONNX_MODEL)  # what model.onnx takes
+
         def to_inputs(images):
             return graph_inputs(images, input_format, data.mean, data.std)
 

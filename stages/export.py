@@ -127,6 +127,7 @@ def quantize_checked(cfg, data, fp32_path: Path, int8_path: Path) -> dict:
         data.train.head(cfg.export.calibration_images), fmt, data.mean, data.std
     )
     quantize_int8(fp32_path, int8_path, calibration)
+
     def to_inputs(images):
         return graph_inputs(images, fmt, data.mean, data.std)
 
