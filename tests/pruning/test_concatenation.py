@@ -12,8 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from pipeline.methods.jst.gates import learnable_gates
 from pipeline.pruning.discovery import discover
-from pipeline.pruning.exactness import check, random_keep
+from pipeline.pruning.exactness import check, compact_of, random_keep
 from pipeline.pruning.flops import FlopsModel
 from pipeline.pruning.gates import fold_gates, gated
 from pipeline.pruning.slicing import resize_model, slice_weights
@@ -123,3 +124,14 @@ def test_jst_gates_on_a_compact_model_fold_into_the_bns_over_concatenations(name
     fold_gates(compact, layout, gates)
     with torch.no_grad():
         torch.testing.assert_close(compact(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_jst_learnable_gates_on_a_compact_model_get_a_gradient_in_every_group(name):
+    model, found, _ = _dense(name)
+    keep = random_keep(found.layout, torch.Generator().manual_seed(6))
+    sub = compact_of(model, found.layout, keep).train()
+    alpha = {group: torch.zeros(len(kept)) for group, kept in keep.items()}
+    with learnable_gates(sub, found.layout, alpha) as net:
+        net(torch.randn(4, *SHAPE)).sum().backward()
+        assert all(a.grad is not None and a.grad.abs().sum() > 0 for a in net.alpha)

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from pipeline.methods.jst.gates import learnable_gates
 from pipeline.pruning.discovery import discover
 from pipeline.pruning.exactness import check, compact_of, random_keep
 from pipeline.pruning.flops import FlopsModel
@@ -99,3 +100,13 @@ def test_jst_gates_fold_and_l1_scores_a_position_over_every_tile(resnext):
     fold_gates(model, layout, gates)
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_jst_learnable_gates_on_a_compact_model_get_a_gradient_in_every_group(resnext):
+    model, found, _ = resnext
+    keep = random_keep(found.layout, torch.Generator().manual_seed(6))
+    sub = compact_of(model, found.layout, keep).train()
+    alpha = {group: torch.zeros(len(kept)) for group, kept in keep.items()}
+    with learnable_gates(sub, found.layout, alpha) as net:
+        net(torch.randn(4, *SHAPE)).sum().backward()
+        assert all(a.grad is not None and a.grad.abs().sum() > 0 for a in net.alpha)
