@@ -26,7 +26,8 @@ def streaming() -> str:
         f"({record['search_epochs']} epochs, batch {record['batch_size']}, "
         f"{record['workers']} decoding workers for shards) in a fresh process:",
         "",
-        "| images | decoded | form | on disk | prepare | search | peak RSS, main | largest worker |",
+        "| images | decoded | form | on disk | prepare | search | peak RSS, main "
+        "| largest worker |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for entry in sizes:

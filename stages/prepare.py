@@ -4,16 +4,16 @@ in memory when they fit data.max_memory_mb decoded, else as shards that training
 from __future__ import annotations
 
 from pipeline.data import describe, prepare_dataset
-from pipeline.progress import console, count_progress
+from pipeline.progress import count_progress
 from stages.common import (
-    METRICS_DIR,
     PREPARED_DIR,
     ROOT,
+    done,
     log_prepared_dataset,
     run_stage,
     start,
     tracked_stage,
-    write_json,
+    write_metrics,
 )
 
 
@@ -41,16 +41,17 @@ def main() -> None:
     inputs = [] if d.dataset == "digits" else [root]  # digits ship inside scikit-learn
     with tracked_stage(cfg, "prepare", inputs) as run:
         stats = describe(data)
-        write_json(METRICS_DIR / "prepare.json", {"sizes": stats["sizes"]})
+        write_metrics("prepare", stats, ("sizes",))  # class counts and the rest: details
         run.log_params({f"data.{k}": v for k, v in d.model_dump().items()})
         run.log_metrics({f"{name}_size": n for name, n in stats["sizes"].items()})
         run.log_dict(stats, "data_stats.json")
         log_prepared_dataset(run, cfg, "prepare")  # hashed as DVC will record it
     sizes = " / ".join(str(n) for n in stats["sizes"].values())
-    form = "shards, streamed" if data.streamed else "in memory"
-    console.log(
-        f"prepare: {d.dataset}, {stats['num_classes']} classes, train/val/test {sizes} images "
-        f"of {'x'.join(map(str, data.input_shape))} ({form}) in {PREPARED_DIR.name}/"
+    form = "shards, streamed in training" if data.streamed else "loaded whole in training"
+    done(
+        "prepare",
+        f"{d.dataset}, {stats['num_classes']} classes, train/val/test {sizes} images of "
+        f"{'x'.join(map(str, data.input_shape))} in data/prepared ({form})",
     )
 
 
