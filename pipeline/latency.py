@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from pipeline.atomic import write_text_atomic
+from pipeline.errors import ConfigError
 from pipeline.hardware import processor_name
 from pipeline.pruning.budget import round_width
 from pipeline.pruning.groups import ChannelLayout
@@ -236,6 +237,26 @@ def _interpolate(grid: list[int], value: int) -> list[tuple[int, float]]:
     return [(a, 1 - t), (b, t)]
 
 
+def check_latency_modelled(layout: ChannelLayout) -> None:
+    """Refuse a layout whose structures the per-layer latency table does not model yet:
+    its predictions would be wrong, and a latency budget met on them would not be."""
+    missing = []
+    if any(w.in_segments or w.out_segments for w in layout.layers):
+        missing.append("concatenations")
+    if any(w.conv_groups > 1 for w in layout.layers) or any(
+        g.tiles > 1 for g in layout.groups.values()
+    ):
+        missing.append("grouped convolutions")
+    if any(w.in_block > 1 for w in layout.layers):
+        missing.append("feature maps flattened into a linear layer")
+    if missing:
+        raise ConfigError(
+            f"search.target_latency: the latency model does not cover {', '.join(missing)} "
+            f"yet, which this model has; set search.target_latency: null and use "
+            f"search.target_flops for it."
+        )
+
+
 class LatencyModel:
     """Predicted latency (ms) of the network at any widths, on one runtime; the same
     interface as ``FlopsModel`` (``dense_widths``, ``ratio``), so the budget projection
@@ -254,6 +275,7 @@ class LatencyModel:
         measure_network: Callable[[Widths], float],
         progress: Callable[[int, int], None] = lambda done, total: None,
     ):
+        check_latency_modelled(layout)
         self.runtime = runtime
         self.dense_widths = layout.dense_widths()
         self.shapes = layer_shapes(dense, layout, input_shape)

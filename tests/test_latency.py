@@ -108,3 +108,39 @@ def test_a_cuda_runtime_needs_a_gpu():
     ctx = SearchContext(cfg, synthetic_data(), torch.device("cpu"))
     with pytest.raises(ConfigError, match="no CUDA GPU"):
         dense_setup(ctx)
+
+
+class _Concatenating(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8))
+        self.b = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8))
+        self.head = torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = torch.relu(torch.cat([self.a(x), self.b(x)], 1))
+        return self.head(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize(
+    ("model", "structure"),
+    [
+        (_Concatenating(), "concatenations"),
+        (
+            torch.nn.Sequential(
+                torch.nn.Conv2d(3, 8, 3, padding=1),
+                torch.nn.BatchNorm2d(8),
+                torch.nn.ReLU(),
+                torch.nn.Flatten(),
+                torch.nn.Linear(8 * 8 * 8, 4),
+            ),
+            "feature maps flattened",
+        ),
+    ],
+)
+def test_structures_the_latency_model_lacks_are_refused_before_measuring(model, structure):
+    from pipeline.pruning.discovery import discover_layout
+
+    layout = discover_layout(model, (3, 8, 8))
+    with pytest.raises(ConfigError, match=f"does not cover {structure}"):
+        latency.check_latency_modelled(layout)
