@@ -1,6 +1,10 @@
 """`dvc repro` of torchvision CNNs whose channel layouts are discovered, on the user's own
-images (a generated 64x64 image folder): mobilenet_v2 searched by JST, then efficientnet_b0
-pruned by l1 in the same repository; each is exported, checked and registered."""
+images: mobilenet_v2 searched by JST, then efficientnet_b0 pruned by l1 in the same
+repository; each is exported, checked and registered. The images are an ImageNet-layout
+folder (train/<class>, val/<class>) of JPEGs of several sizes, prepared as shards and
+streamed by decoding workers with ImageNet-style augmentation and evaluation crop
+(docs/data.md); the shards are a DVC output counted in the MLflow dataset record, and a
+changed source image reruns prepare."""
 
 from __future__ import annotations
 
@@ -21,15 +25,18 @@ SIDE = 64
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
 
 
-def write_image_folder(root: Path) -> None:
-    """Two learnable classes of SIDE x SIDE RGB images: a colour plus noise."""
+def write_imagenet_layout(root: Path) -> None:
+    """Two learnable classes (a colour plus noise) of JPEGs a little larger than SIDE, of
+    several sizes and aspect ratios; val/ becomes the test split."""
     rng = np.random.default_rng(0)
-    for name, colour in CLASSES.items():
-        (root / name).mkdir(parents=True)
-        for i in range(PER_CLASS):
-            noise = rng.integers(-30, 30, (SIDE, SIDE, 3))
-            pixels = np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    for part, count in (("train", PER_CLASS), ("val", PER_CLASS // 3)):
+        for name, colour in CLASSES.items():
+            (root / part / name).mkdir(parents=True)
+            for i in range(count):
+                width, height = rng.integers(SIDE, SIDE + 24, 2)
+                noise = rng.integers(-30, 30, (height, width, 3))
+                pixels = np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(root / part / name / f"{i:03d}.jpg", quality=90)
 
 
 def depend_on_raw_data(repo: E2ERepo) -> None:
@@ -44,12 +51,15 @@ def depend_on_raw_data(repo: E2ERepo) -> None:
 
 def test_torchvision_cnns_are_searched_exported_and_registered(tmp_path: Path) -> None:
     repo = E2ERepo.create(tmp_path / "repo")
-    write_image_folder(repo.root / "data" / "raw")
+    raw = repo.root / "data" / "raw"
+    write_imagenet_layout(raw)
     depend_on_raw_data(repo)
     params = repo.read_params()
     params["data"] |= {"dataset": "imagefolder", "root": "data/raw", "image_size": SIDE}
-    params["data"] |= {"val_fraction": 0.25, "test_fraction": 0.25}
-    params["train"] |= {"batch_size": 8}
+    params["data"] |= {"val_fraction": 0.25, "crop_ratio": 0.875, "max_memory_mb": 0}
+    params["train"] |= {"batch_size": 8, "workers": 2}
+    params["train"]["augment"] |= {"crop_padding": 0, "hflip": True}
+    params["train"]["augment"]["random_resized_crop"] = [0.35, 1.0]
     name = params["tracking"]["registered_model"]
     # Settings whose outcome does not depend on the CPU's numerics. mobilenet_v2 trains stably
     # at these rates in fp32 and bf16. EfficientNet-B0 on 12 training images does not, at any
@@ -78,3 +88,18 @@ def test_torchvision_cnns_are_searched_exported_and_registered(tmp_path: Path) -
         client = MlflowClient(tracking_uri=repo.tracking_uri, registry_uri=repo.tracking_uri)
         versions = client.search_model_versions(f"name='{name}'")
         assert sorted(int(v.version) for v in versions) == list(range(1, version + 1))
+
+    meta = json.loads((repo.root / "data" / "prepared" / "meta.json").read_text())
+    assert meta["storage"] == "shards" and meta["crop_ratio"] == 0.875
+    assert meta["sizes"] == {"train": 18, "val": 6, "test": 8}  # val/ is the test split
+    client = MlflowClient(tracking_uri=repo.tracking_uri)
+    experiment = client.get_experiment_by_name(params["tracking"]["experiment"])
+    prepare = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`mlflow.runName` = 'prepare'"
+    )[0]
+    profile = json.loads(prepare.inputs.dataset_inputs[0].dataset.profile)
+    assert profile["storage"] == "shards" and profile["shards"]["train"] >= 2
+    image = raw / "val" / "red" / "000.jpg"
+    Image.open(image).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(image, quality=90)
+    status = repo.dvc("status", "prepare", check=False)
+    assert "changed deps" in status.output and "data/raw" in status.output
