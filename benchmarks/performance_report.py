@@ -525,6 +525,32 @@ def discovery_structure() -> str:
     )
 
 
+def coverage() -> str:
+    """Prunable share of conv channels per model, now and in an earlier tree."""
+    r = result("coverage")
+    now, before = r["now"], r.get("before", {"models": {}, "commit": "none"})
+    lines = [
+        "| model | before | now | hidden linear features that prune now |",
+        "|---|---|---|---|",
+    ]
+    for name, row in now["models"].items():
+        earlier = before["models"].get(name)
+        was = f"{earlier['conv_share']:.2f}" if earlier else "–"
+        extra = f"{row['linear_features']:,}" if row["linear_features"] else ""
+        lines.append(f"| {name} | {was} | {row['conv_share']:.2f} | {extra} |")
+    shape = "x".join(map(str, now["input_shape"]))
+    return "\n".join(
+        [
+            *lines,
+            "",
+            f"Share of conv output channels in channel groups at {shape}: now, commit "
+            f"{now['commit']}; before, commit {before['commit']} (the same measure run on that "
+            "tree). Command: `uv run python benchmarks/coverage.py`; record: "
+            "`benchmarks/results/coverage.json`.",
+        ]
+    )
+
+
 BLOCKS: dict[tuple[str, str], Callable[[], str]] = {
     ("docs/performance.md", "default-run"): default_run,
     ("docs/performance.md", "amx-speed"): amx_speed,
@@ -538,4 +564,5 @@ BLOCKS: dict[tuple[str, str], Callable[[], str]] = {
     ("docs/performance.md", "int8-round16"): int8_round16,
     ("docs/performance.md", "latency-target"): latency_target,
     ("docs/discovery.md", "torchvision-structure"): discovery_structure,
+    ("docs/discovery.md", "coverage"): coverage,
 }
