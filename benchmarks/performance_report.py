@@ -551,6 +551,36 @@ def coverage() -> str:
     )
 
 
+def any_cnn_latency() -> str:
+    """Params and ONNX Runtime CPU latency at a 0.5 FLOPs budget, dense vs pruned."""
+    r = result("any_cnn_latency")
+    lines = [
+        "| model | FLOPs kept | params, pruned / dense "
+        "| latency, pruned / dense (medians of rounds) | speed-up (median, range) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, m in r["models"].items():
+        speedups = [d / c for d, c in zip(m["dense_ms"], m["compact_ms"], strict=True)]
+        lines.append(
+            f"| {name} | {m['flops_ratio']:.3f} | {m['params'] / 1e6:.2f} M / "
+            f"{m['dense_params'] / 1e6:.2f} M ({m['params'] / m['dense_params']:.3f}) | "
+            f"{statistics.median(m['compact_ms']):.0f} ms / "
+            f"{statistics.median(m['dense_ms']):.0f} ms | "
+            f"{m['speedup_median']:.2f}× ({span(speedups)}) |"
+        )
+    return "\n".join(
+        [
+            *lines,
+            "",
+            f"Uniform widths at the default budget (`target_flops` 0.5, `round_to` 8), untrained "
+            f"weights, 3x{r['side']}x{r['side']}, batch {r['batch']}, ONNX Runtime CPU, "
+            f"{r['rounds']} interleaved rounds of {r['repeats']} runs; {machine_text(r['machine'])}"
+            f"; commit {r['commit']}. Command: `uv run python benchmarks/any_cnn_latency.py`; "
+            "record: `benchmarks/results/any_cnn_latency.json`.",
+        ]
+    )
+
+
 BLOCKS: dict[tuple[str, str], Callable[[], str]] = {
     ("docs/performance.md", "default-run"): default_run,
     ("docs/performance.md", "amx-speed"): amx_speed,
@@ -565,4 +595,5 @@ BLOCKS: dict[tuple[str, str], Callable[[], str]] = {
     ("docs/performance.md", "latency-target"): latency_target,
     ("docs/discovery.md", "torchvision-structure"): discovery_structure,
     ("docs/discovery.md", "coverage"): coverage,
+    ("docs/discovery.md", "any-cnn-latency"): any_cnn_latency,
 }
