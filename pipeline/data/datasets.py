@@ -172,7 +172,6 @@ def _write_sharded(
         sources,
         layout,
         directory,
-        describe=description,
         samples_per_shard=per_shard,
         on_shard=lambda name: on_shard and on_shard(next(done), total),
     )

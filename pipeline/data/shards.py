@@ -112,21 +112,21 @@ def write_shards(
     layout: ShardLayout,
     directory: Path,
     *,
-    describe: dict,
     samples_per_shard: int | None = None,
     on_shard: Callable[[str], None] = lambda name: None,
 ) -> dict:
     """Write ``splits`` as shards into ``directory`` (replaced whole at the end); returns
     the shard section of the prepared data's meta.json, with the train mean/std.
 
-    ``describe`` (dataset name, classes...) goes into the resume fingerprint and the meta.
     ``on_shard`` is called with each shard's name as it is finished or found finished.
     """
     per_shard = samples_per_shard or shard_samples(len(splits["train"].labels))
     staging = directory.parent / f".{directory.name}.partial"
     (staging / SHARD_DIR).mkdir(parents=True, exist_ok=True)
     (staging / _STATS_DIR).mkdir(exist_ok=True)
-    settings = json.dumps([describe, layout.__dict__], sort_keys=True)
+    # What a shard's bytes and statistics depend on besides its images and labels: adding
+    # images elsewhere (another shard, other class counts) keeps it.
+    settings = json.dumps(layout.__dict__, sort_keys=True)
     shards: dict[str, list[dict]] = {}
     sums = np.zeros((2, layout.channels), dtype=np.float64)
     pixels, errors = 0, []

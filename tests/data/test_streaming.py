@@ -161,16 +161,35 @@ def test_an_interrupted_write_keeps_its_finished_shards(tmp_path):
         return on_shard
 
     with pytest.raises(KeyboardInterrupt):
-        write_shards(
-            splits, layout, target, describe={}, samples_per_shard=4, on_shard=stop_after(3)
-        )
+        write_shards(splits, layout, target, samples_per_shard=4, on_shard=stop_after(3))
     assert not target.exists()  # nothing published
     staging = tmp_path / ".prepared.partial" / "shards"
     finished = {p.name: p.stat().st_mtime_ns for p in staging.glob("*.tar")}
     assert len(finished) == 3
-    written = write_shards(splits, layout, target, describe={}, samples_per_shard=4)
+    written = write_shards(splits, layout, target, samples_per_shard=4)
     for name, mtime in finished.items():  # kept, not rewritten
         assert (written["staging"] / "shards" / name).stat().st_mtime_ns == mtime
+
+
+def test_a_changed_image_rewrites_only_its_shard(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (40, 1, 8, 8), dtype=np.uint8)
+    labels = np.arange(40) % 2
+
+    def write():
+        splits = {
+            "train": SplitSource(ImageSource(arrays=images[:24]), labels[:24]),
+            "val": SplitSource(ImageSource(arrays=images[24:32]), labels[24:32]),
+            "test": SplitSource(ImageSource(arrays=images[32:]), labels[32:]),
+        }
+        written = write_shards(
+            splits, ShardLayout(1, 8, None, 512), tmp_path / "p", samples_per_shard=8
+        )
+        return {p.name: p.stat().st_mtime_ns for p in (written["staging"] / "shards").iterdir()}
+
+    before = write()
+    images[10] = 255 - images[10]  # an image of the second train shard
+    after = write()
+    assert {name for name in before if before[name] != after[name]} == {"train-000001.tar"}
 
 
 @pytest.mark.parametrize("budget_mb", [0, 4096], ids=["shards", "in-memory"])
