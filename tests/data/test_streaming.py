@@ -171,25 +171,29 @@ def test_an_interrupted_write_keeps_its_finished_shards(tmp_path):
         assert (written["staging"] / "shards" / name).stat().st_mtime_ns == mtime
 
 
-def test_a_changed_image_rewrites_only_its_shard(tmp_path):
-    images = np.random.default_rng(0).integers(0, 256, (40, 1, 8, 8), dtype=np.uint8)
+def test_after_a_failed_write_replacing_the_bad_image_rewrites_only_its_shard(tmp_path):
+    paths = []
+    for i in range(40):
+        paths.append(tmp_path / f"{i:02d}.png")
+        Image.fromarray(np.full((8, 8), 5 * i, dtype=np.uint8)).save(paths[-1])
+    paths[10].write_bytes(b"broken")  # in the second train shard
     labels = np.arange(40) % 2
-
-    def write():
-        splits = {
-            "train": SplitSource(ImageSource(arrays=images[:24]), labels[:24]),
-            "val": SplitSource(ImageSource(arrays=images[24:32]), labels[24:32]),
-            "test": SplitSource(ImageSource(arrays=images[32:]), labels[32:]),
-        }
-        written = write_shards(
-            splits, ShardLayout(1, 8, None, 512), tmp_path / "p", samples_per_shard=8
-        )
-        return {p.name: p.stat().st_mtime_ns for p in (written["staging"] / "shards").iterdir()}
-
-    before = write()
-    images[10] = 255 - images[10]  # an image of the second train shard
-    after = write()
-    assert {name for name in before if before[name] != after[name]} == {"train-000001.tar"}
+    splits = {
+        "train": SplitSource(ImageSource(paths=paths[:24]), labels[:24]),
+        "val": SplitSource(ImageSource(paths=paths[24:32]), labels[24:32]),
+        "test": SplitSource(ImageSource(paths=paths[32:]), labels[32:]),
+    }
+    layout, target = ShardLayout(1, 8, None, 512), tmp_path / "prepared"
+    with pytest.raises(DataError, match="10.png"):
+        write_shards(splits, layout, target, samples_per_shard=8)
+    shards = tmp_path / ".prepared.partial" / "shards"
+    before = {p.name: p.stat().st_mtime_ns for p in shards.glob("*.tar")}
+    assert "train-000001.tar" not in before and len(before) == 4
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(paths[10])
+    write_shards(splits, layout, target, samples_per_shard=8)
+    after = {p.name: p.stat().st_mtime_ns for p in shards.glob("*.tar")}
+    assert after.keys() == before.keys() | {"train-000001.tar"}
+    assert all(after[name] == mtime for name, mtime in before.items())
 
 
 @pytest.mark.parametrize("budget_mb", [0, 4096], ids=["shards", "in-memory"])
