@@ -118,7 +118,7 @@ def prepare_dataset(
             }
             channels, size, _ = data.input_shape
             layout = ShardLayout(channels, size, None, max(max_side, size))
-            _write_sharded(name, data.classes, sources, layout, directory, on_shard)
+            _write_sharded(name, data.classes, sources, layout, directory, seed, on_shard)
         return load_prepared(directory)
     _check_image_size(image_size)
     scan = scan_image_folder(_require_root(root))
@@ -138,7 +138,7 @@ def prepare_dataset(
         for split, part in files.items()
     }
     layout = ShardLayout(3, image_size, crop_ratio, max(max_side, image_size))
-    _write_sharded("imagefolder", scan.classes, sources, layout, directory, on_shard)
+    _write_sharded("imagefolder", scan.classes, sources, layout, directory, seed, on_shard)
     return load_prepared(directory)
 
 
@@ -153,8 +153,10 @@ def _write_sharded(
     sources: dict[str, SplitSource],
     layout: ShardLayout,
     directory: Path,
+    seed: int,
     on_shard: Callable[[int, int], None] | None,
 ) -> None:
+    sources = {split: source.shuffled(seed) for split, source in sources.items()}
     per_shard = shard_samples(len(sources["train"].labels))
     total = sum(-(-len(source.labels) // per_shard) for source in sources.values())
     done = iter(range(1, total + 1))

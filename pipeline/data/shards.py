@@ -58,6 +58,12 @@ class ImageSource:
     def __len__(self) -> int:
         return len(self.paths) if self.paths is not None else len(self.arrays)
 
+    def take(self, order: np.ndarray) -> ImageSource:
+        """The images in ``order``."""
+        if self.paths is not None:
+            return ImageSource(paths=[self.paths[i] for i in order])
+        return ImageSource(arrays=self.arrays[order])
+
     def name(self, index: int) -> str:
         return str(self.paths[index]) if self.paths is not None else f"image #{index}"
 
@@ -91,6 +97,12 @@ class ImageSource:
 class SplitSource:
     images: ImageSource
     labels: np.ndarray  # int64, one per image
+
+    def shuffled(self, seed: int) -> SplitSource:
+        """The images in a seeded random order. Splits come sorted by class, and a shard
+        is read whole: shards written in that order would give batches of one class."""
+        order = np.random.default_rng(seed).permutation(len(self.labels))
+        return SplitSource(self.images.take(order), np.asarray(self.labels)[order])
 
 
 @dataclass(frozen=True)

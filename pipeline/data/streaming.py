@@ -6,15 +6,16 @@ int64 labels on the device, for a ``ShardedSplit``. Each epoch is a plan compute
 
 * training (``shuffle``): the shards are permuted; rank ``r`` of ``n`` takes every n-th
   (ranks read disjoint parts), its worker ``w`` of ``W`` every W-th of those; each shard's
-  samples are permuted too. Every rank runs ``len(split) // batch_size`` steps (at least one) of
-  ``batch_size / n`` samples; a worker whose shards hold more than its share leaves the
-  rest for later epochs, one whose shards hold less starts its shards over (at most a
-  shard either way, shards being of equal size but the last).
+  samples are permuted too. Every rank runs ``len(split) // batch_size`` steps (at least
+  one) of ``batch_size / n`` samples; a worker whose shards hold more than its share does
+  not reach the rest this epoch, one whose shards hold less starts its shards over (at
+  most a shard either way, shards being of equal size but the last).
 * evaluation: every sample once, shards in order, worker ``w`` reading every W-th.
 
 Batch ``i`` of an epoch comes from worker ``i % W`` (PyTorch's DataLoader takes workers
 in turn), so ``set_epoch(epoch, start_batch=k)`` resumes exactly at batch ``k``: each
-worker skips the samples of its batches before ``k`` without decoding them. Random crops
+worker skips the samples of its batches before ``k`` without decoding them, and the worker
+whose turn batch ``k`` is starts. Random crops
 draw from generators seeded by ``(seed, epoch, sample)`` in the workers and by ``(seed,
 epoch, batch)`` on the device, so a resumed epoch also augments as the first run did.
 """
@@ -187,8 +188,11 @@ class StreamingLoader:
             skipped = len(range(w, start, workers))
             shards = [(s, self._within_shard(epoch, s)) for s in mine[w::workers]]
             plans.append(_WorkerPlan(shards, batches * local_batch, skipped * local_batch))
+        # DataLoader takes its first batch from worker 0: rotated, that is the worker whose
+        # turn batch `start` was, and a resumed epoch yields the very same batches.
+        turn = start % workers
         crop = self.augment.resized_crop_scale if self.augment else None
-        return _Plan(plans, crop, (self.seed, epoch))
+        return _Plan(plans[turn:] + plans[:turn], crop, (self.seed, epoch))
 
     def _within_shard(self, epoch: int, shard: int) -> list[int]:
         """The order of ``shard``'s samples this epoch."""
