@@ -152,9 +152,16 @@ def dense_setup(ctx: SearchContext) -> DenseSetup:
         )
         latency = deployment_latency_model(cfg, setup.model, setup.layout, setup.spec, setup.groups)
         setup.budget = Budget(latency, s.target_latency)
-    # Before any training: a budget no widths can meet is refused now, saying why.
+    # Before any training: a budget no widths can meet is refused now, saying why. Network
+    # slimming ranks channels by BN gammas: groups no BN carries stay whole under it.
+    prunable = setup.groups
+    if s.method == "slimming":
+        from pipeline.pruning.importance import unscorable_groups
+
+        left = set(unscorable_groups(setup.layout, setup.groups))
+        prunable = [g for g in setup.groups if g not in left]
     check_feasible(
-        setup.budget.cost, setup.groups, setup.budget.target, s.k_min, s.round_to, **reachable
+        setup.budget.cost, prunable, setup.budget.target, s.k_min, s.round_to, **reachable
     )
     return setup
 

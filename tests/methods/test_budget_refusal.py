@@ -108,3 +108,31 @@ def test_a_finer_round_to_is_suggested_only_when_it_would_lower_the_floor():
     message = search_with("resnet20", target_flops=0.001, round_to=1)
     assert "search.round_to" in message.split("To fix:")[0]  # the floor it describes
     assert "lower search" not in message
+
+
+NO_BATCHNORM_MODULE = """
+from torch import nn
+
+def plain(num_classes, in_channels):
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 16, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(16, num_classes, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    )
+"""
+
+
+def test_slimming_on_groups_no_batchnorm_carries_is_refused_before_training(
+    tmp_path, monkeypatch, no_training
+):
+    """l1 prunes such groups (gated on the convs' outputs); slimming has no BN gamma to
+    rank them by, so for it nothing is prunable: refused before its dense pre-training."""
+    name = f"no_bn_{next(_names)}"
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(NO_BATCHNORM_MODULE))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        message = search_with(f"{name}:plain", "slimming")
+    finally:
+        sys.modules.pop(name, None)
+    assert "cannot be met" in message and "nothing in it is prunable" in message
