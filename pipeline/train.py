@@ -214,9 +214,10 @@ def evaluate(
     device,
     batch_size=512,
     max_resident_bytes: int | None = None,
-    workers: int = TrainConfig().workers,
+    workers: int = 0,
 ) -> dict:
-    """Mean cross-entropy and top-1 accuracy (a fraction) of ``model`` on ``split``."""
+    """Mean cross-entropy and top-1 accuracy (a fraction) of ``model`` on ``split``;
+    a streamed split is decoded by ``workers`` processes (``train.workers``; 0: here)."""
     if isinstance(split, ShardedSplit):
         loader = StreamingLoader(
             split,
@@ -659,7 +660,9 @@ def train(
                 kept = saved.kept("epoch", epoch)
                 raise diverged_at(f"{desc} epoch {epoch + 1}/{epochs}", err, kept) from None
             place = _Place()
-            val = evaluate(model, data.val, data, device, max_resident_bytes=limit)
+            val = evaluate(
+                model, data.val, data, device, max_resident_bytes=limit, workers=settings.workers
+            )
             record |= {f"val_{k}": v for k, v in val.items()}
             history.append(record)
             if on_epoch is not None:

@@ -31,7 +31,7 @@ def main() -> None:
         run, data, device = stage.run, stage.data, stage.device
         spec, model = stage.loaded
         model.to(device)
-        before = evaluate(model, data.val, data, device)["top1"]
+        before = evaluate(model, data.val, data, device, workers=cfg.train.workers)["top1"]
 
         def log(record: dict) -> None:
             run.log_metrics({k: v for k, v in record.items() if k != "epoch"}, record["epoch"])
@@ -52,7 +52,7 @@ def main() -> None:
         )
         if not is_main():  # every rank trained; rank 0 evaluates and writes
             return
-        after = evaluate(model, data.val, data, device)["top1"]
+        after = evaluate(model, data.val, data, device, workers=cfg.train.workers)["top1"]
         save_compact(COMPACT_DIR, spec, model.cpu())
         write_csv(PLOTS_DIR / "finetune_history.csv", history)
         record = {

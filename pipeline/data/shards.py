@@ -154,7 +154,9 @@ def write_shards(
             on_shard(name)
             if stats is None:
                 continue
-            shards[split].append({"file": f"{SHARD_DIR}/{name}", "samples": len(indices)})
+            shards[split].append(
+                {"file": f"{SHARD_DIR}/{name}", "samples": len(indices), "digest": inputs}
+            )
             if split == "train":
                 sums += np.asarray(stats["sums"])
                 pixels += stats["pixels"]

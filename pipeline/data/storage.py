@@ -34,6 +34,7 @@ _RERUN = "Rerun the prepare stage (`dvc repro prepare`) to rebuild it."
 class _Shard(BaseModel):
     file: str
     samples: int = Field(ge=1)
+    digest: str = ""  # of its inputs (images, labels, layout): changes with any of them
 
 
 def save_prepared(data: PreparedData, directory: str | Path) -> None:
@@ -189,6 +190,7 @@ def _sharded_split(name: str, meta: _Meta, directory: Path) -> ShardedSplit:
         height,
         meta.crop_ratio,
         tuple(meta.class_counts.get(name, [])),
+        tuple(shard.digest for shard in shards or []),
     )
 
 

@@ -52,6 +52,7 @@ class ShardedSplit:
     image_size: int
     crop_ratio: float | None
     class_counts: tuple[int, ...] = field(default=())
+    digests: tuple[str, ...] = field(default=())  # of each shard's inputs
 
     def __len__(self) -> int:
         return sum(self.counts)
@@ -61,10 +62,9 @@ class ShardedSplit:
         return self.channels, self.image_size, self.image_size
 
     def fingerprint(self) -> bytes:
-        """Changes when a shard is rewritten (its name, sample count or size)."""
-        sizes = [path.stat().st_size for path in self.shards]
+        """Changes when any shard's inputs (images, labels, layout) change."""
         names = [path.name for path in self.shards]
-        return hashlib.sha256(repr((names, self.counts, sizes)).encode()).digest()
+        return hashlib.sha256(repr((names, self.counts, self.digests)).encode()).digest()
 
     def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Every sample once, in shard order, as uint8 images and int64 labels."""

@@ -18,7 +18,8 @@ from PIL import Image
 
 from pipeline.data import ShardedSplit, StreamingLoader, load_prepared, prepare_dataset
 from pipeline.data.loader import Augment
-from pipeline.data.shards import ImageSource, ShardLayout, SplitSource, write_shards
+from pipeline.data.shards import ImageSource, ShardLayout, SplitSource, publish, write_shards
+from pipeline.data.storage import sharded_meta
 from pipeline.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -280,3 +281,27 @@ def test_streaming_memory_does_not_grow_with_the_data_set(tmp_path):
         peaks.append(peak_rss_of_an_epoch(out))
     decoded_difference = (sizes[1] - sizes[0]) * 2 * 0.6 * 3 * 64 * 64
     assert peaks[1] - peaks[0] <= 0.25 * decoded_difference, (peaks, decoded_difference)
+
+
+def test_a_relabelled_image_changes_the_split_fingerprint(tmp_path):
+    """JST resumes only on the same data: a label change leaves every shard's size alone."""
+    images = np.random.default_rng(0).integers(0, 256, (48, 1, 8, 8), dtype=np.uint8)
+    labels = np.arange(48) % 2
+
+    def prepared(labels, name):
+        splits = {
+            split: SplitSource(ImageSource(arrays=images[i::3]), labels[i::3])
+            for i, split in enumerate(("train", "val", "test"))
+        }
+        written = write_shards(splits, ShardLayout(1, 8, None, 512), tmp_path / name)
+        meta = sharded_meta(
+            {"dataset": "d", "classes": ["a", "b"], "input_shape": [1, 8, 8]}, written
+        )
+        publish(written["staging"], tmp_path / name, meta, "meta.json")
+        return load_prepared(tmp_path / name).train
+
+    relabelled = labels.copy()
+    relabelled[0] = 1 - relabelled[0]
+    first, second = prepared(labels, "a"), prepared(relabelled, "b")
+    assert [p.stat().st_size for p in first.shards] == [p.stat().st_size for p in second.shards]
+    assert first.fingerprint() != second.fingerprint()

@@ -425,7 +425,9 @@ class JointSearch:
 
     def _val_accuracy(self, sub: nn.Module, sub_alpha: Alphas) -> float:
         with self._gated(sub, sub_alpha):
-            return evaluate(sub, self.data.val, self.data, self.device)["top1"]
+            return evaluate(
+                sub, self.data.val, self.data, self.device, workers=self.ctx.config.train.workers
+            )["top1"]
 
     def _gated(self, sub: nn.Module, sub_alpha: Alphas):
         """``sub`` with its gates applied; gates that never learn are 1: nothing to apply."""
