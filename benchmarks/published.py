@@ -66,6 +66,29 @@ def quickstart() -> str:
     )
 
 
+def experiments_example() -> str:
+    """What `jst experiments` prints for the committed run: the workspace and main rows."""
+    import yaml
+
+    from pipeline.experiments import ExperimentRow, budget_label, experiments_table
+
+    search = yaml.safe_load((ROOT / "params.yaml").read_text())["search"]
+    evaluate = metrics("evaluate")
+    rows = [
+        ExperimentRow(
+            name,
+            search["method"],
+            budget_label(search),
+            evaluate["top1"],
+            evaluate["flops_ratio"],
+            evaluate["speedup"],
+            int(evaluate["params"]),
+        )
+        for name in ("workspace", "main")
+    ]
+    return "\n".join(["```", *experiments_table(rows), "```"])
+
+
 def cell_rows(arch: str, search: int, finetune: int, precision: str) -> dict:
     return comparison.cells(result("compare_methods"))[(arch, search, finetune, precision, "flops")]
 
@@ -118,6 +141,7 @@ def pretrained_start_doc() -> str:
 
 # (file, block name) -> the text between the block's markers
 BLOCKS: dict[tuple[str, str], Callable[[], str]] = {
+    ("README.md", "experiments-example"): experiments_example,
     ("README.md", "quickstart"): quickstart,
     ("README.md", "comparison"): readme_comparison,
     ("docs/jst_vs_baselines.md", "comparison"): readme_comparison,

@@ -86,7 +86,7 @@ def _row(entry: Mapping[str, Any]) -> ExperimentRow:
     return ExperimentRow(
         name=str(name),
         method=search.get("method"),
-        budget=_budget(search),
+        budget=budget_label(search),
         top1=_number(evaluate.get("top1")),
         flops_ratio=_number(evaluate.get("flops_ratio")),
         speedup=_number(evaluate.get("speedup")),
@@ -98,7 +98,7 @@ def _file_data(files: Mapping[str, Any] | None, name: str) -> dict[str, Any]:
     return ((files or {}).get(name) or {}).get("data") or {}
 
 
-def _budget(search: Mapping[str, Any]) -> str | None:
+def budget_label(search: Mapping[str, Any]) -> str | None:
     if search.get("target_latency") is not None:
         return f"latency {search['target_latency']:g}"
     if search.get("target_flops") is not None:

@@ -7,6 +7,7 @@ per-channel mean/std on the train split.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from pipeline.data.shards import (
     SplitSource,
     publish,
     shard_samples,
+    staging_dir,
     write_shards,
 )
 from pipeline.data.splits import check_fractions, stratified_split
@@ -107,6 +109,7 @@ def prepare_dataset(
             seed=seed,
         )
         if _decoded_bytes(data) <= budget:
+            _drop_staging(directory)
             save_prepared(data, directory)
         else:
             sources = {
@@ -126,6 +129,7 @@ def prepare_dataset(
     side = image_size or _header_side(files["train"].paths[0])
     if sum(len(part.paths) for part in files.values()) * 3 * side * side <= budget:
         splits = _read_splits(files, image_size, crop_ratio)
+        _drop_staging(directory)
         save_prepared(_assemble("imagefolder", scan.classes, splits, None), directory)
         return load_prepared(directory)
     if image_size is None:
@@ -140,6 +144,11 @@ def prepare_dataset(
     layout = ShardLayout(3, image_size, crop_ratio, max(max_side, image_size))
     _write_sharded("imagefolder", scan.classes, sources, layout, directory, seed, on_shard)
     return load_prepared(directory)
+
+
+def _drop_staging(directory: Path) -> None:
+    """The shards a failed or killed sharded prepare left: no use to an in-memory one."""
+    shutil.rmtree(staging_dir(directory), ignore_errors=True)
 
 
 def _decoded_bytes(data: PreparedData) -> int:

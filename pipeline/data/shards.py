@@ -119,6 +119,11 @@ def shard_samples(train_size: int) -> int:
     return int(np.clip(-(-train_size // TARGET_SHARDS), MIN_SHARD_SAMPLES, MAX_SHARD_SAMPLES))
 
 
+def staging_dir(directory: Path) -> Path:
+    """Where the shards of ``directory`` are built until every one is finished."""
+    return directory.parent / f".{directory.name}.partial"
+
+
 def write_shards(
     splits: dict[str, SplitSource],
     layout: ShardLayout,
@@ -133,7 +138,7 @@ def write_shards(
     ``on_shard`` is called with each shard's name as it is finished or found finished.
     """
     per_shard = samples_per_shard or shard_samples(len(splits["train"].labels))
-    staging = directory.parent / f".{directory.name}.partial"
+    staging = staging_dir(directory)
     (staging / SHARD_DIR).mkdir(parents=True, exist_ok=True)
     (staging / _STATS_DIR).mkdir(exist_ok=True)
     # What a shard's bytes and statistics depend on besides its images and labels: adding

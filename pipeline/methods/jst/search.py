@@ -43,7 +43,6 @@ from pipeline.methods.jst.policy import PolicyLearner, group_state
 from pipeline.methods.jst.sampler import GroupScores, Sampler, gumbel_perturb
 from pipeline.methods.jst.schedule import Schedule
 from pipeline.progress import console, epoch_progress
-from pipeline.pruning.budget import check_feasible
 from pipeline.pruning.gates import fold_gates, gated
 from pipeline.pruning.groups import KeptChannels
 from pipeline.pruning.slicing import build_model, scatter_weights, slice_weights, spec_for_indices
@@ -91,8 +90,7 @@ class JointSearch:
         self.setup: DenseSetup = dense_setup(ctx)
         self.budget = self.setup.budget  # FLOPs or latency: what candidates are projected on
         self.schedule = Schedule.from_config(self.search_cfg, self.budget.target)
-        s = self.search_cfg
-        check_feasible(self.budget.cost, self.setup.groups, self.budget.target, s.k_min, s.round_to)
+        s = self.search_cfg  # dense_setup has refused a budget no widths can meet
         self.setup.model.to(self.device)
         self.groups = self.setup.groups
         self.sampler = Sampler(self.budget.cost, self.groups, s.k_min, s.round_to)

@@ -12,10 +12,11 @@ does not write one by hand, in three steps, one module each:
 - ``layout``: the prunable classes become named groups and every layer is wired.
 
 A class is left *whole* (its channels fixed, never sliced) when it is not provably safe
-to prune, with the reason recorded: it reaches the network input or output, a
-concatenation, a grouped conv that is not depthwise, a reshaping op (channel shuffle,
-permute), a normalisation other than BatchNorm, or any op without a rule (assumed to mix
-channels); or a channel-mixing layer reads it without a gate in between (a 0/1 gate
+to prune, with the reason recorded: it reaches the network input or output, a reshaping
+op (channel shuffle, permute), a normalisation other than BatchNorm, or any op without a
+rule (assumed to mix channels). Concatenations prune (each input keeps its own group, at
+its offset in the result) and so do grouped convs (their channels in equal tiles, the same
+positions kept in each); or a channel-mixing layer reads it without a gate in between (a 0/1 gate
 there would not make the masked dense model equal the sliced one). Gates sit on BN
 outputs; a class no BN carries is gated on its producing layers' outputs instead (found
 by a first walk, applied in a second). Being whole spreads through the
