@@ -128,6 +128,7 @@ def test_a_resumed_epoch_yields_exactly_the_batches_not_yet_seen(streamed):
     assert all(torch.equal(a, b) for a, b in zip(rest, whole[5:], strict=True))
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 3 worker processes")
 @pytest.mark.parametrize("start", [4, 5, 7])
 def test_a_resumed_epoch_with_workers_yields_the_same_batches(streamed, start):
     """Three workers, resumed at the start of a round and within one."""
