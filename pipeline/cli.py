@@ -306,7 +306,7 @@ def ui(
 
     from pipeline import tracking
     from pipeline.errors import PipelineError
-    from pipeline.tracking.ui import model_training_url, run_ui
+    from pipeline.tracking.ui import check_port_free, model_training_url, run_ui
 
     uri = tracking.resolve_tracking_uri(Path.cwd())
     experiment = _tracking_config(params).experiment
@@ -318,6 +318,8 @@ def ui(
                 "(`uv run dvc repro`), or run jst ui in the project folder"
             )
         tracking.check_tracking_available(uri)
+        if db_path is not None:  # jst ui serves it: the port must be free
+            check_port_free(host, port)
         served_at = uri if db_path is None else f"http://{host}:{port}"
         address = model_training_url(served_at, uri, experiment)
     except PipelineError as err:

@@ -8,6 +8,7 @@ experiment's ``mlflow.experimentKind`` tag is not read by that UI. The URLs buil
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -15,6 +16,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 
+from pipeline.errors import PipelineError
 from pipeline.tracking.client import make_client
 
 MODEL_TRAINING_QUERY = "workflowType=machine_learning"
@@ -30,6 +32,20 @@ def model_training_url(base_url: str, tracking_uri: str, experiment: str) -> str
         return f"{base}/#/experiments?{MODEL_TRAINING_QUERY}"
     experiment_id = urllib.parse.quote(str(found.experiment_id))
     return f"{base}/#/experiments/{experiment_id}/runs?{MODEL_TRAINING_QUERY}"
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port something else listens on, before starting the UI: otherwise another
+    server could answer the readiness probe, or MLflow would fail with its own message."""
+    address = "0.0.0.0" if host in ("", "::") else host
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((address, port))
+        except OSError as error:
+            raise PipelineError(
+                f"port {port} on {host} is in use ({error.strerror or error}); stop what "
+                f"uses it or choose another: jst ui --port N"
+            ) from None
 
 
 def run_ui(

@@ -47,6 +47,23 @@ def test_ui_without_a_store_says_to_run_the_pipeline_first(tmp_path, monkeypatch
     assert not (tmp_path / "mlflow.db").exists()  # MLflow would have created an empty one
 
 
+def test_ui_refuses_a_port_in_use_before_starting_mlflow(store_uri, tmp_path, monkeypatch):
+    import socket
+
+    shutil.copy(Path(store_uri.removeprefix("sqlite:///")), tmp_path / "mlflow.db")
+    (tmp_path / "params.yaml").write_text(f"tracking:\n  experiment: {EXPERIMENT}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = runner.invoke(app, ["ui", "--host", "127.0.0.1", "--port", str(port)])
+    assert result.exit_code == 1
+    assert f"port {port} on 127.0.0.1 is in use" in result.output
+    assert "starting MLflow's UI" not in result.output
+
+
 @pytest.mark.timeout(180)
 def test_ui_serves_the_store_and_prints_the_model_training_address(store_uri, client, tmp_path):
     shutil.copy(Path(store_uri.removeprefix("sqlite:///")), tmp_path / "mlflow.db")
