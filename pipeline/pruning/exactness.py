@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from pipeline.pruning.flops import FlopsModel, count_flops
-from pipeline.pruning.gates import gated, keep_masks
+from pipeline.pruning.gates import fold_gates, gated, keep_masks
 from pipeline.pruning.groups import ChannelLayout, KeptChannels
 from pipeline.pruning.slicing import resize_model, scatter_weights, slice_weights
 
@@ -97,3 +97,16 @@ def check(
         predicted_flops=flops({name: len(kept) for name, kept in keep.items()}),
         scatter_inverts_slice=inverts,
     )
+
+
+def gated_then_folded(
+    model: nn.Module, layout: ChannelLayout, gates: dict[str, torch.Tensor], x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``model``'s outputs on ``x`` with JST's ``gates`` attached, then with the gates folded
+    into its weights (in place, as a finished search folds them): equal when folding is
+    exact."""
+    with torch.no_grad(), gated(model, layout, gates):
+        attached = model(x)
+    fold_gates(model, layout, gates)
+    with torch.no_grad():
+        return attached, model(x)

@@ -14,9 +14,8 @@ from torch import nn
 
 from pipeline.methods.jst.gates import learnable_gates
 from pipeline.pruning.discovery import discover
-from pipeline.pruning.exactness import check, compact_of, random_keep
+from pipeline.pruning.exactness import check, compact_of, gated_then_folded, random_keep
 from pipeline.pruning.flops import FlopsModel
-from pipeline.pruning.gates import fold_gates, gated
 from pipeline.pruning.slicing import resize_model, slice_weights
 
 SHAPE = (3, 8, 8)
@@ -119,11 +118,8 @@ def test_jst_gates_on_a_compact_model_fold_into_the_bns_over_concatenations(name
     compact.eval()
     gates = {g: torch.rand(len(k), generator=generator) * 2 for g, k in keep.items()}
     x = torch.randn(2, *SHAPE, generator=generator)
-    with torch.no_grad(), gated(compact, layout, gates):
-        expected = compact(x)
-    fold_gates(compact, layout, gates)
-    with torch.no_grad():
-        torch.testing.assert_close(compact(x), expected, rtol=1e-5, atol=1e-5)
+    expected, folded = gated_then_folded(compact, layout, gates, x)
+    torch.testing.assert_close(folded, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

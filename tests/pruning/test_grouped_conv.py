@@ -13,9 +13,8 @@ from torch import nn
 
 from pipeline.methods.jst.gates import learnable_gates
 from pipeline.pruning.discovery import discover
-from pipeline.pruning.exactness import check, compact_of, random_keep
+from pipeline.pruning.exactness import check, compact_of, gated_then_folded, random_keep
 from pipeline.pruning.flops import FlopsModel
-from pipeline.pruning.gates import fold_gates, gated
 from pipeline.pruning.importance import MagnitudeImportance
 
 SHAPE = (3, 8, 8)
@@ -95,11 +94,8 @@ def test_jst_gates_fold_and_l1_scores_a_position_over_every_tile(resnext):
     generator = torch.Generator().manual_seed(2)
     gates = {n: torch.rand(g.width, generator=generator) * 2 for n, g in layout.groups.items()}
     x = torch.randn(2, *SHAPE, generator=generator)
-    with torch.no_grad(), gated(model, layout, gates):
-        expected = model(x)
-    fold_gates(model, layout, gates)
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    expected, folded = gated_then_folded(model, layout, gates, x)
+    torch.testing.assert_close(folded, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_jst_learnable_gates_on_a_compact_model_get_a_gradient_in_every_group(resnext):
