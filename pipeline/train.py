@@ -177,33 +177,27 @@ def make_loader(
     if augment:
         scale = tuple(a.random_resized_crop) if a.random_resized_crop else None
         augmentation = Augment(a.crop_padding, a.hflip, scale)
+    common = {
+        "batch_size": settings.batch_size,
+        "shuffle": True,
+        "augment": augmentation,
+        "seed": seed,
+        "device": device,
+    }
     if isinstance(chosen, ShardedSplit):
         ranks = (distributed.rank(), distributed.world_size()) if rank_share else (0, 1)
         return StreamingLoader(
             chosen,
             data.mean,
             data.std,
-            batch_size=settings.batch_size,
-            shuffle=True,
-            augment=augmentation,
-            seed=seed,
-            device=device,
+            **common,
             # Measuring loaders draw a few batches: decoding them here beats starting workers.
             workers=settings.workers if rank_share else 0,
             rank=ranks[0],
             world=ranks[1],
         )
-    return BatchLoader(
-        chosen,
-        data.mean,
-        data.std,
-        batch_size=settings.batch_size,
-        shuffle=True,
-        augment=augmentation,
-        seed=seed,
-        device=device,
-        max_resident_bytes=gpu_data_limit(settings, torch.device(device)),
-    )
+    limit = gpu_data_limit(settings, torch.device(device))
+    return BatchLoader(chosen, data.mean, data.std, **common, max_resident_bytes=limit)
 
 
 @torch.no_grad()
