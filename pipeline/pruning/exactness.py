@@ -9,6 +9,7 @@ by hand (a real-size torchvision model, a user's model) outside the test suite.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -110,3 +111,21 @@ def gated_then_folded(
     fold_gates(model, layout, gates)
     with torch.no_grad():
         return attached, model(x)
+
+
+def discovered_for_check(build: Callable[[], nn.Module], input_shape, *, bn_bias: bool = False):
+    """``build()`` under seed 0, in eval mode, with BatchNorm statistics (and, with
+    ``bn_bias``, biases) drawn away from the identity so that a mis-sliced channel changes
+    the output; returned with its discovery and FLOPs model."""
+    from pipeline.pruning.discovery import discover
+
+    torch.manual_seed(0)
+    model = build().eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+            if bn_bias:
+                m.bias.data.uniform_(-0.2, 0.2)
+    found = discover(model, tuple(input_shape))
+    return model, found, FlopsModel(model, found.layout, input_shape)

@@ -13,9 +13,13 @@ from hypothesis import strategies as st
 from torch import nn
 
 from pipeline.methods.jst.gates import learnable_gates
-from pipeline.pruning.discovery import discover
-from pipeline.pruning.exactness import check, compact_of, gated_then_folded, random_keep
-from pipeline.pruning.flops import FlopsModel
+from pipeline.pruning.exactness import (
+    check,
+    compact_of,
+    discovered_for_check,
+    gated_then_folded,
+    random_keep,
+)
 from pipeline.pruning.slicing import resize_model, slice_weights
 
 SHAPE = (3, 8, 8)
@@ -70,15 +74,7 @@ _DENSE: dict = {}
 
 def _dense(name):
     if name not in _DENSE:
-        torch.manual_seed(0)
-        model = MODELS[name]().eval()
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-                m.bias.data.uniform_(-0.2, 0.2)
-        found = discover(model, SHAPE)
-        _DENSE[name] = (model, found, FlopsModel(model, found.layout, SHAPE))
+        _DENSE[name] = discovered_for_check(MODELS[name], SHAPE, bn_bias=True)
     return _DENSE[name]
 
 

@@ -9,8 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from pipeline.pruning.discovery import discover
-from pipeline.pruning.exactness import check, random_keep
-from pipeline.pruning.flops import FlopsModel
+from pipeline.pruning.exactness import check, discovered_for_check, random_keep
 
 SHAPE = (3, 8, 8)
 
@@ -68,14 +67,7 @@ _DENSE: dict = {}
 
 def _dense(name):
     if name not in _DENSE:
-        torch.manual_seed(0)
-        model = MODELS[name]().eval()
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-        found = discover(model, SHAPE)
-        _DENSE[name] = (model, found, FlopsModel(model, found.layout, SHAPE))
+        _DENSE[name] = discovered_for_check(MODELS[name], SHAPE)
     return _DENSE[name]
 
 

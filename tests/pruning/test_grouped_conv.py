@@ -12,9 +12,13 @@ from hypothesis import strategies as st
 from torch import nn
 
 from pipeline.methods.jst.gates import learnable_gates
-from pipeline.pruning.discovery import discover
-from pipeline.pruning.exactness import check, compact_of, gated_then_folded, random_keep
-from pipeline.pruning.flops import FlopsModel
+from pipeline.pruning.exactness import (
+    check,
+    compact_of,
+    discovered_for_check,
+    gated_then_folded,
+    random_keep,
+)
 from pipeline.pruning.importance import MagnitudeImportance
 
 SHAPE = (3, 8, 8)
@@ -51,14 +55,7 @@ class _ResNeXtLike(nn.Module):
 
 @pytest.fixture(scope="module")
 def resnext():
-    torch.manual_seed(0)
-    model = _ResNeXtLike().eval()
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-    found = discover(model, SHAPE)
-    return model, found, FlopsModel(model, found.layout, SHAPE)
+    return discovered_for_check(_ResNeXtLike, SHAPE)
 
 
 def test_the_channels_a_grouped_conv_reads_and_writes_are_tiled_by_its_groups(resnext):

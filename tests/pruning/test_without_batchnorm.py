@@ -11,9 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from pipeline.pruning.discovery import discover
-from pipeline.pruning.exactness import check, gated_then_folded, random_keep
-from pipeline.pruning.flops import FlopsModel
+from pipeline.pruning.exactness import check, discovered_for_check, gated_then_folded, random_keep
 from pipeline.pruning.importance import BNScaleImportance, MagnitudeImportance
 
 SHAPE = (3, 16, 16)
@@ -40,13 +38,7 @@ class _Plain(nn.Module):
 
 @pytest.fixture(scope="module")
 def plain():
-    torch.manual_seed(0)
-    model = _Plain().eval()
-    bn = model.features[4]
-    bn.running_mean.uniform_(-0.2, 0.2)
-    bn.running_var.uniform_(0.5, 1.5)
-    found = discover(model, SHAPE)
-    return model, found, FlopsModel(model, found.layout, SHAPE)
+    return discovered_for_check(_Plain, SHAPE)
 
 
 def test_groups_without_a_batchnorm_are_gated_on_their_producers_outputs(plain):
