@@ -232,10 +232,14 @@ class JointSearch:
         train_stats, sub_alpha = self._train_sub(sub, sub_alpha, t, lr, epochs, frozen)
         self._recalibrate(sub, sub_alpha, calibration)
         self._update_target(sub, sub_alpha, chosen.keep)
-        val_top1 = distributed.broadcast_object(self._val_accuracy(sub, sub_alpha))
         meets = chosen.budget_ratio <= self.budget.target + 1e-9
-        if meets and (self.best is None or val_top1 > self.best["val_top1"]):
-            self._remember_best(t, val_top1, chosen.keep, sub, sub_alpha)
+        # Validation decides among the sub-networks that meet the final budget; those of
+        # the annealing iterations above it are not measured: nothing reads their accuracy.
+        val_top1 = None
+        if meets:
+            val_top1 = distributed.broadcast_object(self._val_accuracy(sub, sub_alpha))
+            if self.best is None or val_top1 > self.best["val_top1"]:
+                self._remember_best(t, val_top1, chosen.keep, sub, sub_alpha)
 
         alpha_abs = torch.cat([a.abs() for a in self.alpha.values()])
         scoring = {}
@@ -257,7 +261,7 @@ class JointSearch:
             "flops_ratio": self.setup.flops.ratio(chosen.widths),
             **({} if self.budget.cost.name == "flops" else {"budget_ratio": chosen.budget_ratio}),
             **scoring,
-            "val_top1": val_top1,
+            **({} if val_top1 is None else {"val_top1": val_top1}),
             "policy_entropy": self.policy.entropy(states),
             "policy_loss": policy_loss,
             "alpha_abs_max": float(alpha_abs.max()),
