@@ -45,6 +45,15 @@ def main() -> None:
     p.add_argument(
         "--jst", default="{}", help="search.jst overrides as JSON, e.g. '{\"alpha_lr\": 0}'"
     )
+    p.add_argument(
+        "--jst-variant",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "JSON"),
+        help="another JST configuration timed in the same rounds: its name and search.jst\n"
+        "overrides on top of --jst, e.g. --jst-variant early '{\"anneal_fraction\": 0.25}'",
+    )
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/search_cost.json"))
     args = p.parse_args()
 
@@ -56,13 +65,16 @@ def main() -> None:
         args.arch, args.target, args.epochs, train_settings, jst=json.loads(args.jst)
     )
     device = resolve_device(cfg.train.device)
-    phases = {
-        "dense": lambda: dense_epoch_seconds(data, cfg, device, args.dense_epochs),
-        "jst": lambda: jst_epoch_seconds(data, cfg, device),
-    }
+    configs = {"jst": cfg}
+    for name, overrides in args.jst_variant:
+        jst = json.loads(args.jst) | json.loads(overrides)
+        configs[name] = search_config(args.arch, args.target, args.epochs, train_settings, jst=jst)
+    phases = {"dense": lambda: dense_epoch_seconds(data, cfg, device, args.dense_epochs)}
+    for name, config in configs.items():
+        phases[name] = lambda config=config: jst_epoch_seconds(data, config, device)
     rounds = []
     for i in range(args.repeats):
-        order = ["dense", "jst"] if i % 2 == 0 else ["jst", "dense"]
+        order = list(phases) if i % 2 == 0 else list(reversed(phases))
         timed = {}
         for phase in order:
             cpu_start = time.process_time()
@@ -74,8 +86,7 @@ def main() -> None:
                 "order": order,
                 **{f"{k}_epoch_s": v["wall_s"] for k, v in timed.items()},
                 **{f"{k}_epoch_cpu_s": v["cpu_s"] for k, v in timed.items()},
-                "ratio": timed["jst"]["wall_s"] / timed["dense"]["wall_s"],
-                "cpu_ratio": timed["jst"]["cpu_s"] / timed["dense"]["cpu_s"],
+                **ratios(timed, configs),
             }
         )
         print(json.dumps(rounds[-1]), flush=True)
@@ -93,6 +104,14 @@ def main() -> None:
         "search_epochs": cfg.search.epochs,
         "dense_epochs": args.dense_epochs,
         "jst": cfg.search.jst.model_dump(),
+        "variants": {
+            name: {
+                "overrides": json.loads(overrides),
+                "ratio": statistics.median(r[f"{name}_ratio"] for r in rounds),
+                "cpu_ratio": statistics.median(r[f"{name}_cpu_ratio"] for r in rounds),
+            }
+            for name, overrides in args.jst_variant
+        },
         "device": str(device),
         # the machine's 1-minute load average: above the threads used, others competed
         "load_average": [load_at_start, os.getloadavg()[0]],
@@ -102,6 +121,17 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps({k: record[k] for k in ("ratio", "cpu_ratio", "numerics")}, indent=2))
+
+
+def ratios(timed: dict, configs: dict) -> dict:
+    """Every JST configuration's wall and CPU time over dense training's: ``ratio`` and
+    ``cpu_ratio`` for the shipped one, ``<name>_ratio`` and ``<name>_cpu_ratio`` for others."""
+    out = {}
+    for name in configs:
+        prefix = "" if name == "jst" else f"{name}_"
+        out[f"{prefix}ratio"] = timed[name]["wall_s"] / timed["dense"]["wall_s"]
+        out[f"{prefix}cpu_ratio"] = timed[name]["cpu_s"] / timed["dense"]["cpu_s"]
+    return out
 
 
 def shipped_jst_knobs() -> dict:
