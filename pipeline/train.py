@@ -581,8 +581,10 @@ def train(
     desc: str = "train",
     lr_factor: Callable[[float], float] | None = None,
     lr_name: str = DEFAULT_LR_NAME,
+    validate: bool = True,
 ) -> list[dict]:
-    """Train ``model`` in place for ``epochs``; returns one record per epoch.
+    """Train ``model`` in place for ``epochs``; returns one record per epoch, with the
+    validation metrics after each epoch unless ``validate`` is false (nothing reads them).
 
     The learning rate is ``lr`` times ``lr_factor(epochs done, fractional)``; by default
     a cosine from 1 to 0 over ``epochs``. ``lr_name`` is the parameter ``lr`` comes from,
@@ -654,10 +656,16 @@ def train(
                 kept = saved.kept("epoch", epoch)
                 raise diverged_at(f"{desc} epoch {epoch + 1}/{epochs}", err, kept) from None
             place = _Place()
-            val = evaluate(
-                model, data.val, data, device, max_resident_bytes=limit, workers=settings.workers
-            )
-            record |= {f"val_{k}": v for k, v in val.items()}
+            if validate:
+                val = evaluate(
+                    model,
+                    data.val,
+                    data,
+                    device,
+                    max_resident_bytes=limit,
+                    workers=settings.workers,
+                )
+                record |= {f"val_{k}": v for k, v in val.items()}
             history.append(record)
             if on_epoch is not None:
                 on_epoch(record)

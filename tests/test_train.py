@@ -387,3 +387,27 @@ def test_healthy_noisy_training_never_counts_as_diverged(tmp_path, precision):
     assert 0 < start < 2 * math.log(len(data.classes))  # the run's start, as checked
     chance = math.log(len(data.classes))
     assert max(r["train_loss"] for r in history) < LOSS_RISE_FACTOR / 2 * chance
+
+
+def test_training_without_validation_trains_the_same_weights_and_records_no_val():
+    """``validate=False`` (JST's warm-up) skips the per-epoch evaluation and nothing else."""
+    from pipeline.train import train
+    from tests.conftest import synthetic_data
+
+    data = synthetic_data()
+    runs = {}
+    for validate in (True, False):
+        model = nn.Sequential(
+            nn.Conv2d(data.train.images.shape[1], 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Linear(4, len(data.classes)),
+        )  # fmt: skip
+        torch.manual_seed(0)
+        model.apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None)
+        history = train(
+            model, data, epochs=2, lr=0.1, settings=settings(batch_size=8), seed=0,
+            device=CPU, validate=validate,
+        )  # fmt: skip
+        runs[validate] = (history, model.state_dict())
+    assert all("val_top1" in r for r in runs[True][0])
+    assert not any(k.startswith("val_") for r in runs[False][0] for k in r)
+    torch.testing.assert_close(runs[False][1], runs[True][1], rtol=0, atol=0)

@@ -195,6 +195,7 @@ class JointSearch:
             desc="jst warm-up",
             lr_factor=self.schedule.lr_factor,
             lr_name="search.lr",
+            validate=False,  # the warm-up's dense network is never chosen
         )
         if fraction > 0:
             self._warmup_fraction(whole, fraction, Checkpoint(checkpoint, "", "jst warm-up"))
