@@ -1,5 +1,6 @@
 """CPU time of one training step: dense ResNet-20 vs uniformly thinned ones, with and
-without JST's learnable gates (hooks after every BN), alternating in one process.
+without JST's learnable gates (applied through every gate point's affine parameters),
+timed in ``--rounds`` rounds in one process, each round timing dense and every thinned one.
 
     uv run --frozen python benchmarks/step_cost.py                  # bf16 + channels_last
     uv run --frozen python benchmarks/step_cost.py --precision fp32
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -34,6 +36,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--precision", choices=PRECISIONS, default="bf16")
     p.add_argument("--steps", type=int, default=15)
+    p.add_argument("--rounds", type=int, default=3, help="alternations of dense and thinned")
     p.add_argument("--targets", type=float, nargs="+", default=[0.7, 0.5])
     p.add_argument("--round-to", type=int, nargs="+", default=[8, 16])
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/step_cost.json"))
@@ -68,26 +71,40 @@ def main() -> None:
     layout = dense.channel_layout()
     flops = FlopsModel(dense, layout, SHAPE)
     spec = ArchSpec("resnet20", SHAPE, 10, layout.dense_widths())
-    dense_s = step_s(dense)
-    rows = []
+    thinned = {}
     for round_to in args.round_to:
         for target in args.targets:
             widths = uniform_budget_widths(flops, layout.prunable_groups(True), target, 1, round_to)
-            thin = dataclasses.replace(spec, widths=widths)
-            plain, gated = step_s(build_model(thin)), step_s(build_model(thin), widths)
-            rows.append(
-                {
-                    "round_to": round_to,
-                    "target_flops": target,
-                    "flops_ratio": flops.ratio(widths),
-                    "plain_over_dense": plain / dense_s,
-                    "gated_over_dense": gated / dense_s,
-                }
-            )
-            print(rows[-1])
+            thinned[(round_to, target)] = (widths, dataclasses.replace(spec, widths=widths))
+    # Each round times dense and every thinned network, so a slow spell hits all alike.
+    per_round: dict = {key: {"plain": [], "gated": []} for key in thinned}
+    dense_steps = []
+    for i in range(args.rounds):
+        dense_s = step_s(dense)
+        dense_steps.append(dense_s)
+        for key, (widths, thin) in thinned.items():
+            per_round[key]["plain"].append(step_s(build_model(thin)) / dense_s)
+            per_round[key]["gated"].append(step_s(build_model(thin), widths) / dense_s)
+        print(f"round {i + 1}/{args.rounds}: dense step {dense_s:.3f} s", flush=True)
+    rows = []
+    for (round_to, target), ratios in per_round.items():
+        widths = thinned[(round_to, target)][0]
+        rows.append(
+            {
+                "round_to": round_to,
+                "target_flops": target,
+                "flops_ratio": flops.ratio(widths),
+                "plain_over_dense": statistics.median(ratios["plain"]),
+                "gated_over_dense": statistics.median(ratios["gated"]),
+                "plain_over_dense_rounds": ratios["plain"],
+                "gated_over_dense_rounds": ratios["gated"],
+            }
+        )
+        print(rows[-1])
     record = {
         "precision": args.precision,
-        "dense_step_cpu_s": dense_s,
+        "dense_step_cpu_s": statistics.median(dense_steps),
+        "rounds": args.rounds,
         "threads": torch.get_num_threads(),
         "rows": rows,
         **provenance,
