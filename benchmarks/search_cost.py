@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -115,6 +117,7 @@ def main() -> None:
         "device": str(device),
         # the machine's 1-minute load average: above the threads used, others competed
         "load_average": [load_at_start, os.getloadavg()[0]],
+        "command": "uv run python benchmarks/search_cost.py " + shlex.join(sys.argv[1:]),
         **provenance,
     }
     out = Path(args.out)
