@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from types import MethodType
 
 import torch
 import torch.nn.functional as F
@@ -112,19 +113,20 @@ def _scaled_outputs(module: nn.Module, factors: Factors) -> Iterator[None]:
             handle.remove()
         return
 
-    def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    def forward(self: nn.Module, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         # the class is read at every call: distributed training swaps BN classes in place
-        kind = type(module)
-        if kind in _PLAIN_BATCH_NORMS and module.affine:
-            return _batch_norm(module, x, *_scaled_parameters(module, factors(module.weight)))
+        kind = type(self)
+        if kind in _PLAIN_BATCH_NORMS and self.affine:
+            return _batch_norm(self, x, *_scaled_parameters(self, factors(self.weight)))
         if kind in _PLAIN_CONVS:
-            return module._conv_forward(x, *_scaled_parameters(module, factors(module.weight)))
+            return self._conv_forward(x, *_scaled_parameters(self, factors(self.weight)))
         if kind is nn.Linear:
-            return F.linear(x, *_scaled_parameters(module, factors(module.weight)))
-        output = kind.forward(module, x, *args, **kwargs)
-        return output * factors(output).view(_per_channel(module, output))
+            return F.linear(x, *_scaled_parameters(self, factors(self.weight)))
+        output = kind.forward(self, x, *args, **kwargs)
+        return output * factors(output).view(_per_channel(self, output))
 
-    module.forward = forward
+    # bound, so that a deep copy made within the block computes with its own parameters
+    module.forward = MethodType(forward, module)
     try:
         yield
     finally:

@@ -174,3 +174,19 @@ def test_a_batchnorm_whose_class_changes_in_the_block_is_still_gated():
             h.remove()
     torch.testing.assert_close(swapped, expected)
     assert all("forward" not in m.__dict__ for m in model.modules())  # restored
+
+
+def test_a_copy_made_within_the_block_computes_with_its_own_parameters():
+    import copy
+
+    model = create_model("resnet20", num_classes=5, in_channels=3, input_size=8).eval()
+    layout = model.channel_layout()
+    x = torch.randn(2, 3, 8, 8)
+    with (
+        torch.no_grad(),
+        gated(model, layout, {n: torch.ones(g.width) for n, g in layout.groups.items()}),
+    ):
+        twin = copy.deepcopy(model)
+        for p in twin.parameters():
+            p.mul_(0.5)
+        assert not torch.allclose(twin(x), model(x))
