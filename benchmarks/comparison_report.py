@@ -218,6 +218,35 @@ def paired_table(cell: tuple, rows: dict) -> list[str]:
     return lines
 
 
+def time_table(cell: tuple, rows: dict) -> list[str]:
+    """JST's measured time against its best baseline's, seed by seed: the search (JST's
+    search, the baseline's pre-training or training) and the whole run (search +
+    fine-tuning). Runs of one seed ran one after another on the same machine, not
+    interleaved."""
+    lines = [
+        "| budget | best baseline (on val) | seed | JST search (s) | baseline search (s) "
+        "| search ratio | JST run (s) | baseline run (s) | run ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in cell_comparisons(cell, rows):
+        jst, base = c["jst"], c["base"]
+        seeds = [s for s in c["seeds"] if "search_s" in jst[s] and "search_s" in base[s]]
+        search = [jst[s]["search_s"] / base[s]["search_s"] for s in seeds]
+        run = [jst[s]["wall_s"] / base[s]["wall_s"] for s in seeds]
+        for s, search_ratio, run_ratio in zip(seeds, search, run, strict=True):
+            lines.append(
+                f"| {c['budget']} | {c['baseline']} | {s} | {jst[s]['search_s']:.0f} "
+                f"| {base[s]['search_s']:.0f} | {search_ratio:.2f} | {jst[s]['wall_s']:.0f} "
+                f"| {base[s]['wall_s']:.0f} | {run_ratio:.2f} |"
+            )
+        if len(seeds) > 1:
+            lines.append(
+                f"| {c['budget']} | {c['baseline']} | median | | | "
+                f"**{statistics.median(search):.2f}** | | | **{statistics.median(run):.2f}** |"
+            )
+    return lines
+
+
 # an ablation's verdict is about the mechanism: a variant that loses means the default wins
 ABLATION_VERDICTS = {"win": "variant better", "loss": "default better"}
 

@@ -136,3 +136,16 @@ def test_a_cell_says_when_its_records_come_from_different_code(report):
     assert "mixes code versions" in report.provenance(rows, {})
     same = report.cells({"runs": runs[:1]})[("resnet20", 12, 6, "fp32", "flops")]
     assert "mixes" not in report.provenance(same, {}) and "abc" in report.provenance(same, {})
+
+
+def test_the_time_table_pairs_jst_with_the_best_baseline_seed_by_seed(report):
+    runs = []
+    for s in range(3):
+        runs.append({**record("jst", 0.5, s, 0.5), "search_s": 60.0 + s, "wall_s": 90.0})
+        runs.append({**record("l1", 0.5, s, 0.5, val=0.6), "search_s": 100.0, "wall_s": 120.0})
+        runs.append({**record("scratch", 0.5, s, 0.5, val=0.4), "search_s": 1.0, "wall_s": 2.0})
+    rows = report.cells({"runs": runs})[("resnet20", 12, 6, "fp32", "flops")]
+    lines = report.time_table(("resnet20", 12, 6, "fp32", "flops"), rows)
+    assert [line.split(" | ")[1:3] for line in lines[2:5]] == [["l1", str(s)] for s in range(3)]
+    assert "| 0.60 |" in lines[2] and "| 0.75 |" in lines[2]  # search 60/100, run 90/120
+    assert "**0.61**" in lines[-1] and "**0.75**" in lines[-1]  # medians
