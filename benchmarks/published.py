@@ -94,9 +94,53 @@ def cell_rows(arch: str, search: int, finetune: int, precision: str) -> dict:
     return comparison.cells(result("compare_methods"))[(arch, search, finetune, precision, "flops")]
 
 
-def long_schedule_seeds() -> str:
-    rows = cell_rows("resnet20", 60, 30, "bf16")
-    return "Test / validation top-1 (%):\n\n" + "\n".join(comparison.seed_table(rows))
+def long_schedule_seeds(precision: str) -> Callable[[], str]:
+    def render() -> str:
+        rows = cell_rows("resnet20", 60, 30, precision)
+        return "Test / validation top-1 (%):\n\n" + "\n".join(comparison.seed_table(rows))
+
+    return render
+
+
+def long_schedule_fp32() -> str:
+    """The fp32 long cell: JST against its best baseline, its time, the schedule ablation."""
+    cell = ("resnet20", 60, 30, "fp32", "flops")
+    rows = cell_rows(*cell[:4])
+    return "\n".join(
+        [
+            comparison.provenance(rows, result("compare_methods")),
+            "",
+            *comparison.method_table(rows),
+            "",
+            "JST against the best baseline, paired by seed:",
+            "",
+            *comparison.paired_table(cell, rows),
+            "",
+            "Measured time (each seed's runs one after another on one machine):",
+            "",
+            *comparison.time_table(cell, rows),
+            "",
+            "Ablations, paired by seed with JST, decided on validation:",
+            "",
+            *comparison.ablation_table(rows),
+        ]
+    )
+
+
+def short_schedule_anneal() -> str:
+    """The 12 + 6 fp32 rerun of JST's schedule ablation (its own record file: the cell's
+    other records in compare_methods.json ran on older code)."""
+    store = result("compare_anneal_short")
+    rows = comparison.cells(store)[("resnet20", 12, 6, "fp32", "flops")]
+    return "\n".join(
+        [
+            comparison.provenance(rows, store),
+            "",
+            *comparison.method_table(rows),
+            "",
+            *comparison.ablation_table(rows),
+        ]
+    )
 
 
 def ablations(precision: str) -> Callable[[], str]:
@@ -161,7 +205,9 @@ BLOCKS: dict[tuple[str, str], Callable[[], str]] = {
     ("README.md", "quickstart"): quickstart,
     ("README.md", "comparison"): readme_comparison,
     ("docs/jst_vs_baselines.md", "comparison"): readme_comparison,
-    ("docs/jst_vs_baselines.md", "long-schedule"): long_schedule_seeds,
+    ("docs/jst_vs_baselines.md", "long-schedule"): long_schedule_seeds("bf16"),
+    ("docs/jst_vs_baselines.md", "long-schedule-fp32"): long_schedule_fp32,
+    ("docs/jst_experiments.md", "schedule-ablation-short"): short_schedule_anneal,
     ("docs/jst_vs_baselines.md", "search-cost"): search_cost,
     ("docs/jst_experiments.md", "ablations-fp32"): ablations("fp32"),
     ("docs/jst_experiments.md", "ablations-bf16"): ablations("bf16"),
