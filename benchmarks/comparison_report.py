@@ -374,6 +374,12 @@ def comparison_markdown(store: dict, plots: dict[tuple, str]) -> str:
             + "\n\nJST against the best baseline, paired by seed:\n\n"
             + "\n".join(paired_table(cell, rows))
         )
+        times = time_table(cell, rows)
+        if len(times) > 2:
+            section += (
+                "\n\nMeasured time against the best baseline (each seed's runs one after "
+                "another on one machine, not interleaved):\n\n" + "\n".join(times)
+            )
         if ablations:
             section += "\n\nAblations, paired by seed with JST, decided on validation:\n\n"
             section += "\n".join(ablations)
