@@ -29,6 +29,19 @@ def add_data_arguments(parser) -> None:
     parser.add_argument("--arch", default="resnet20")
 
 
+def add_jst_variant_argument(parser, role: str) -> None:
+    """--jst-variant NAME JSON (repeatable): a JST setting by name, as search.jst overrides."""
+    parser.add_argument(
+        "--jst-variant",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "JSON"),
+        help=f"{role}: its name and search.jst overrides as JSON, e.g.\n"
+        "--jst-variant early-budget '{\"anneal_fraction\": 0.25}'",
+    )
+
+
 def benchmark_split(dataset: str, root: str, image_size: int | None, seed: int) -> PreparedData:
     return load_dataset(
         dataset,

@@ -24,7 +24,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_common import add_data_arguments, benchmark_split, finetune, run_provenance
+from bench_common import (
+    add_data_arguments,
+    add_jst_variant_argument,
+    benchmark_split,
+    finetune,
+    run_provenance,
+)
 from comparison_report import (
     cell_name,
     cell_of,
@@ -58,6 +64,7 @@ VARIANTS = {
     "jst-no-gates": ("jst", {"alpha_lr": 0.0}),
     "jst-perturbation": ("jst", {"perturbation": True}),
     "jst-no-thresholding": ("jst", {"thresholding": False}),
+    "jst-early-budget": ("jst", {"anneal_fraction": 0.25}),  # the final budget at K/4
 }
 # Not methods but diagnostics (name -> the variant whose architecture they retrain), run
 # only when named in --variants (at the ablation budgets).
@@ -112,15 +119,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--results", default=str(ROOT / "benchmarks/results/compare_methods.json"))
     p.add_argument("--report", default=str(ROOT / "docs/comparison.md"))
     p.add_argument("--report-only", action="store_true")
-    p.add_argument(
-        "--jst-variant",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("NAME", "JSON"),
-        help="an extra JST variant to run: its name and search.jst overrides as JSON, e.g.\n"
-        "--jst-variant few-gate-steps '{\"alpha_steps\": 5}' --variants few-gate-steps",
-    )
+    add_jst_variant_argument(p, "an extra JST variant to run (name it in --variants too)")
     args = p.parse_args()
     for name, overrides in args.jst_variant:
         VARIANTS[name] = ("jst", json.loads(overrides))

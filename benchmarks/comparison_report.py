@@ -25,6 +25,7 @@ VARIANT_ORDER = (
     "jst-no-gates",
     "jst-perturbation",
     "jst-no-thresholding",
+    "jst-early-budget",
 )
 RESULTS = "benchmarks/results/compare_methods.json"
 COMMAND = "uv run python benchmarks/compare_methods.py"

@@ -24,7 +24,12 @@ import time
 from pathlib import Path
 
 import yaml
-from bench_common import add_data_arguments, benchmark_split, run_provenance
+from bench_common import (
+    add_data_arguments,
+    add_jst_variant_argument,
+    benchmark_split,
+    run_provenance,
+)
 
 from pipeline.config import PipelineConfig, parse_config
 from pipeline.data import PreparedData
@@ -47,15 +52,7 @@ def main() -> None:
     p.add_argument(
         "--jst", default="{}", help="search.jst overrides as JSON, e.g. '{\"alpha_lr\": 0}'"
     )
-    p.add_argument(
-        "--jst-variant",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("NAME", "JSON"),
-        help="another JST configuration timed in the same rounds: its name and search.jst\n"
-        "overrides on top of --jst, e.g. --jst-variant early '{\"anneal_fraction\": 0.25}'",
-    )
+    add_jst_variant_argument(p, "another JST setting timed in the same rounds (on top of --jst)")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/search_cost.json"))
     args = p.parse_args()
 
