@@ -247,8 +247,9 @@ def step_cost() -> str:
     lines += [
         "",
         f"{r['precision']}, {r['threads']} thread(s); {rounds if 'rounds' in r else ''}a dense "
-        f"step took {r['dense_step_cpu_s']:.3f} s of CPU time. The learnable gates add "
-        f"{span(extra)} of a dense step (last column minus the plain one). Record: "
+        f"step took {r['dense_step_cpu_s']:.3f} s of CPU time. The learnable gates change a "
+        f"thinned step by {min(extra):+.2f} to {max(extra):+.2f} of a dense step (last column "
+        "minus the plain one; a negative value is the rounds' noise). Record: "
         f"`benchmarks/results/step_cost.json` ({_commit(r)}).",
     ]
     return "\n".join(lines)
