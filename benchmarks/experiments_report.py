@@ -16,7 +16,7 @@ import statistics
 from collections.abc import Callable
 
 import comparison_report as comparison
-from records import result, span
+from records import SEARCH_COST_RECORDS, result, span
 from significance import mean_std
 
 DOC = "docs/jst_experiments.md"
@@ -202,7 +202,7 @@ def search_cost_history() -> str:
             f"| {_numerics(r)} | {_knobs(r)} | {cost} | {_machine(r)} "
             f"| `benchmarks/results/{name}.json` ({_commit(r)}) |"
         )
-    for name in ("search_cost", "search_cost_60"):  # the default 12 epochs, the long schedule
+    for name in SEARCH_COST_RECORDS:
         r = result(name)
         rounds = r["rounds"]
         # the shipped knobs, then every variant timed in the same rounds

@@ -25,7 +25,7 @@ import comparison_report as comparison
 import data_report
 import experiments_report
 import performance_report
-from records import machine_text, metrics, result
+from records import SEARCH_COST_RECORDS, machine_text, metrics, result
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = "uv run python benchmarks/published.py"
@@ -149,10 +149,6 @@ def ablations(precision: str) -> Callable[[], str]:
         return "\n".join(comparison.ablation_table(rows))
 
     return render
-
-
-# search_cost.py's records: the pipeline's default 12 search epochs, and the long schedule
-SEARCH_COST_RECORDS = ("search_cost", "search_cost_60")
 
 
 def search_cost() -> str:

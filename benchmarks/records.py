@@ -12,6 +12,10 @@ RESULTS = ROOT / "benchmarks" / "results"
 METRICS = ROOT / "metrics"
 
 
+# search_cost.py's current records: the pipeline's default 12 search epochs, the long schedule
+SEARCH_COST_RECORDS = ("search_cost", "search_cost_60")
+
+
 def result(name: str):
     return json.loads((RESULTS / f"{name}.json").read_text())
 
