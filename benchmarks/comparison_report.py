@@ -343,6 +343,29 @@ def provenance(rows: dict, store: dict) -> str:
     return f"Records: {len(records)}; {'; '.join(parts)}. Machine: {'; '.join(machines)}."
 
 
+def cell_section(cell: tuple, rows: dict, store: dict) -> list[str]:
+    """One cell: where its records came from, its methods, JST against the best baseline
+    with the measured time, and the ablations; each table only where the cell has rows."""
+    lines = [provenance(rows, store), "", *method_table(rows)]
+    if cell_comparisons(cell, rows):
+        lines += ["", "JST against the best baseline, paired by seed:", ""]
+        lines += paired_table(cell, rows)
+    times = time_table(cell, rows)
+    if len(times) > 2:
+        lines += [
+            "",
+            "Measured time against the best baseline (each seed's runs one after another "
+            "on one machine, not interleaved):",
+            "",
+            *times,
+        ]
+    ablations = ablation_table(rows)
+    if ablations:
+        lines += ["", "Ablations, paired by seed with JST, decided on validation:", ""]
+        lines += ablations
+    return lines
+
+
 def comparison_markdown(store: dict, plots: dict[tuple, str]) -> str:
     """docs/comparison.md: every cell, its method table, JST against its best baseline and
     the ablations, with the provenance of its records."""
@@ -368,22 +391,7 @@ def comparison_markdown(store: dict, plots: dict[tuple, str]) -> str:
         + "\n"
     ]
     for cell, rows in sorted(cells(store).items()):
-        ablations = ablation_table(rows)
-        section = (
-            f"## {cell_title(cell)}\n\n{provenance(rows, store)}\n\n"
-            + "\n".join(method_table(rows))
-            + "\n\nJST against the best baseline, paired by seed:\n\n"
-            + "\n".join(paired_table(cell, rows))
-        )
-        times = time_table(cell, rows)
-        if len(times) > 2:
-            section += (
-                "\n\nMeasured time against the best baseline (each seed's runs one after "
-                "another on one machine, not interleaved):\n\n" + "\n".join(times)
-            )
-        if ablations:
-            section += "\n\nAblations, paired by seed with JST, decided on validation:\n\n"
-            section += "\n".join(ablations)
+        section = f"## {cell_title(cell)}\n\n" + "\n".join(cell_section(cell, rows, store))
         if cell in plots:
             section += f"\n\n![Pareto]({plots[cell]})"
         sections.append(section + "\n")

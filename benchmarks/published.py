@@ -25,7 +25,7 @@ import comparison_report as comparison
 import data_report
 import experiments_report
 import performance_report
-from records import SEARCH_COST_RECORDS, machine_text, metrics, result
+from records import SEARCH_COST_RECORDS, machine_text, metrics, result, signed
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = "uv run python benchmarks/published.py"
@@ -103,44 +103,17 @@ def long_schedule_seeds(precision: str) -> Callable[[], str]:
 
 
 def long_schedule_fp32() -> str:
-    """The fp32 long cell: JST against its best baseline, its time, the schedule ablation."""
+    """The fp32 long cell: JST against its best baseline, its time, the ablations."""
     cell = ("resnet20", 60, 30, "fp32", "flops")
-    rows = cell_rows(*cell[:4])
-    return "\n".join(
-        [
-            comparison.provenance(rows, result("compare_methods")),
-            "",
-            *comparison.method_table(rows),
-            "",
-            "JST against the best baseline, paired by seed:",
-            "",
-            *comparison.paired_table(cell, rows),
-            "",
-            "Measured time (each seed's runs one after another on one machine):",
-            "",
-            *comparison.time_table(cell, rows),
-            "",
-            "Ablations, paired by seed with JST, decided on validation:",
-            "",
-            *comparison.ablation_table(rows),
-        ]
-    )
+    return "\n".join(comparison.cell_section(cell, cell_rows(*cell[:4]), result("compare_methods")))
 
 
 def short_schedule_anneal() -> str:
     """The 12 + 6 fp32 rerun of JST's schedule ablation (its own record file: the cell's
     other records in compare_methods.json ran on older code)."""
     store = result("compare_anneal_short")
-    rows = comparison.cells(store)[("resnet20", 12, 6, "fp32", "flops")]
-    return "\n".join(
-        [
-            comparison.provenance(rows, store),
-            "",
-            *comparison.method_table(rows),
-            "",
-            *comparison.ablation_table(rows),
-        ]
-    )
+    cell = ("resnet20", 12, 6, "fp32", "flops")
+    return "\n".join(comparison.cell_section(cell, comparison.cells(store)[cell], store))
 
 
 def ablations(precision: str) -> Callable[[], str]:
@@ -203,6 +176,36 @@ def _search_cost_setup(r: dict, name: str) -> str:
     )
 
 
+def teacher_probe() -> str:
+    """JST's full-width target beside the sub-network it trains, on validation
+    (teacher_probe.py): could the target teach in-place?"""
+    store = result("teacher_probe")
+    lines = [
+        "| seed | iterations at the final budget | sub-network val top-1 (mean) "
+        "| full-width target val top-1 (mean) | target − sub-network (points) "
+        "| last iteration: sub-network / target |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in sorted(store["runs"], key=lambda r: r["seed"]):
+        at_budget = [i for i in r["iterations"] if i["val_top1"] is not None]
+        sub = statistics.mean(i["val_top1"] for i in at_budget)
+        target = statistics.mean(i["target_val_top1"] for i in at_budget)
+        last = r["iterations"][-1]
+        lines.append(
+            f"| {r['seed']} | {len(at_budget)} | {100 * sub:.1f} % | {100 * target:.1f} % "
+            f"| {signed(100 * (target - sub), '.1f')} "
+            f"| {100 * last['val_top1']:.1f} % / {100 * last['target_val_top1']:.1f} % |"
+        )
+    r = store["runs"][0]
+    setup = (
+        f"{comparison.ARCH_NAMES.get(r['arch'], r['arch'])}, {r['search_epochs']} search "
+        f"epochs, budget {r['budget']}, {r['precision']}; {machine_text(r['machine'])}; "
+        f"commit {r['commit']}. Command: `{r['command']}`; record: "
+        "`benchmarks/results/teacher_probe.json`."
+    )
+    return "\n".join([*lines, "", setup])
+
+
 def pretrained_start_doc() -> str:
     import pretrained_start
 
@@ -218,6 +221,7 @@ BLOCKS: dict[tuple[str, str], Callable[[], str]] = {
     ("docs/jst_vs_baselines.md", "long-schedule"): long_schedule_seeds("bf16"),
     ("docs/jst_vs_baselines.md", "long-schedule-fp32"): long_schedule_fp32,
     ("docs/jst_experiments.md", "schedule-ablation-short"): short_schedule_anneal,
+    ("docs/jst_experiments.md", "teacher-probe"): teacher_probe,
     ("docs/jst_vs_baselines.md", "search-cost"): search_cost,
     ("docs/jst_experiments.md", "ablations-fp32"): ablations("fp32"),
     ("docs/jst_experiments.md", "ablations-bf16"): ablations("bf16"),
