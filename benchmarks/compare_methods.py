@@ -52,8 +52,8 @@ from pipeline.pruning.slicing import build_model
 from pipeline.train import evaluate, resolve_device, seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
-# name -> (method, overrides of search.jst); the jst-* are ablations, one mechanism
-# switched from its params.yaml setting at a time
+# name -> (method, overrides of search.jst); the jst-* are ablations, mechanisms
+# switched from their params.yaml setting
 VARIANTS = {
     "jst": ("jst", {}),
     "scratch": ("scratch", {}),
@@ -64,6 +64,9 @@ VARIANTS = {
     "jst-no-gates": ("jst", {"alpha_lr": 0.0}),
     "jst-perturbation": ("jst", {"perturbation": True}),
     "jst-no-thresholding": ("jst", {"thresholding": False}),
+    # both learned parts of the search off: every candidate keeps the first filters of each
+    # group at one shared keep-fraction (nested sub-networks, progressively thinner)
+    "jst-no-gates-no-thresholding": ("jst", {"alpha_lr": 0.0, "thresholding": False}),
     "jst-early-budget": ("jst", {"anneal_fraction": 0.25}),  # the final budget at K/4
 }
 # Not methods but diagnostics (name -> the variant whose architecture they retrain), run

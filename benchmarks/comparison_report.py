@@ -17,7 +17,7 @@ from records import machine_text
 from significance import ALPHA, MIN_SEEDS, PairedDifference, mean_std, paired_difference
 
 BASELINES = ("scratch", "l1", "slimming", "random")
-# the order of the method tables: methods, then JST with one mechanism changed
+# the order of the method tables: methods, then JST with mechanisms changed
 VARIANT_ORDER = (
     "jst",
     *BASELINES,
@@ -25,6 +25,7 @@ VARIANT_ORDER = (
     "jst-no-gates",
     "jst-perturbation",
     "jst-no-thresholding",
+    "jst-no-gates-no-thresholding",
     "jst-early-budget",
 )
 RESULTS = "benchmarks/results/compare_methods.json"
@@ -377,8 +378,8 @@ def comparison_markdown(store: dict, plots: dict[tuple, str]) -> str:
         "fine-tuning). Data: `../shared/datasets/cifar10-dev` (32 px), split 70/10/20 by seed. "
         "The best baseline is chosen on validation top-1; test top-1 is reported. Differences "
         f"are paired by seed and tested with a two-sided paired t-test (p < {ALPHA}; 95 % "
-        "interval of the mean difference); bold = significant. Ablations (`jst-*`, one "
-        "mechanism changed) are decided on validation. Training cost: multiply-accumulates "
+        "interval of the mean difference); bold = significant. Ablations (`jst-*`, "
+        "mechanisms of JST switched off or changed) are decided on validation. Training cost: multiply-accumulates "
         "of the training steps (forward + backward) that produce the compact model; wall "
         "times are per run, not measured side by side (see performance.md for the "
         "interleaved measurement).\n\n"

@@ -71,8 +71,8 @@ class Candidate:
     tau: dict[str, float]  # projected keep-masses
     decision: object | None
     budget_ratio: float  # of the budget's cost model: FLOPs or latency
-    score: float = 0.0
-    reward: float = 0.0
+    score: float | None = None  # None: not scored (nothing to choose between)
+    reward: float | None = None
 
 
 def data_fingerprint(data: PreparedData) -> str:
@@ -97,6 +97,9 @@ class JointSearch:
         self.data = ctx.data  # weights and gates train on data.train; candidates score on val
         self.alpha = {g: torch.zeros(self.setup.layout.groups[g].width) for g in self.groups}
         self.gates_learn = self.jst.alpha_lr > 0  # else alpha stays 0: every gate is 1
+        # Without noise and without the policy every draw of an iteration is the same
+        # sub-network: one is drawn, and nothing is scored.
+        self.draws_alike = not self.jst.perturbation and not self.jst.thresholding
         self.tau = {g: 1.0 for g in self.groups}
         torch.manual_seed(cfg.seed)  # the policy's initial weights
         self.policy = PolicyLearner(self.jst.action_steps, self.jst.policy_lr)
@@ -244,7 +247,7 @@ class JointSearch:
 
         alpha_abs = torch.cat([a.abs() for a in self.alpha.values()])
         scoring = {}
-        if not frozen:  # the frozen architecture is not scored: there is nothing to choose
+        if chosen.reward is not None:  # the frozen architecture and alike draws are not scored
             rewards = torch.tensor([c.reward for c in candidates])
             scoring = {
                 "reward": chosen.reward,
@@ -278,12 +281,14 @@ class JointSearch:
         self, t, states, budget: float, sigma: float, delta: float, frozen: bool, calibration
     ):
         """Steps 2-6: N scored candidates (the frozen architecture alone, unscored, once
-        frozen); the threshold policy learns from their rewards. Returns them and the
-        policy loss."""
+        frozen; one unscored draw where all draws are alike); the threshold policy learns
+        from their rewards. Returns them and the policy loss."""
         if frozen:
             if self.frozen_keep is None:
                 self.frozen_keep = self._architecture_to_freeze(states, budget, sigma, delta)
             return [self._candidate_at(self.frozen_keep)], 0.0
+        if self.draws_alike:
+            return [self._draw(states, budget, sigma, delta)], 0.0
         n = self.jst.candidates
         candidates = [self._draw(states, budget, sigma, delta) for _ in range(n)]
         self._score(candidates, t, budget, calibration)

@@ -133,6 +133,33 @@ def test_deterministic_for_a_seed():
     assert [h.get("val_top1") for h in a.history] == [h.get("val_top1") for h in b.history]
 
 
+def test_alike_draws_are_drawn_once_unscored_and_change_nothing(monkeypatch):
+    """Without noise and policy every draw is the same sub-network: scoring one and then
+    training it gives what scoring N copies gave (noise switched on at sigma 0 takes the
+    scoring path)."""
+    scored = []
+    monkeypatch.setattr(JointSearch, "_score", _counting(JointSearch._score, scored))
+    alike = dict(thresholding=False, freeze_fraction=0.0, candidates=3)
+    once = _search(**alike).run()
+    assert scored == []  # nothing scored
+    scoring = _search(**alike, perturbation=True, sigma_start=0.0, sigma_min=0.0).run()
+    assert len(scored) == len(scoring.history)  # every iteration scored its candidates
+    assert [h["arch_sha256"] for h in once.history] == [h["arch_sha256"] for h in scoring.history]
+    assert all("reward" not in h for h in once.history)
+    for (name, a), b in zip(
+        once.model.state_dict().items(), scoring.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
+def _counting(method, calls: list):
+    def wrapper(self, *args, **kwargs):
+        calls.append(1)
+        return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 def _run(workdir: Path, result: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(HERE / "run_tiny_jst.py"), str(workdir), str(result)],
