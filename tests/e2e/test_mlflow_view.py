@@ -95,7 +95,9 @@ def test_the_registered_version_describes_its_architecture(client: MlflowClient)
     rows = dict(
         (group, (int(kept), int(dense)))
         for group, kept, dense in re.findall(
-            r"^\| ([\w.]+) +\| +(\d+) \| +(\d+) \|$", description, re.M  # aligned columns
+            r"^\| ([\w.]+) +\| +(\d+) \| +(\d+) \|$",
+            description,
+            re.M,  # aligned columns
         )
     )
     dense = dense_spec("resnet20", (1, 8, 8), 10).widths
