@@ -26,6 +26,7 @@ import data_report
 import experiments_report
 import performance_report
 from records import SEARCH_COST_RECORDS, machine_text, metrics, result, signed
+from significance import paired_difference
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = "uv run python benchmarks/published.py"
@@ -108,12 +109,17 @@ def long_schedule_fp32() -> str:
     return "\n".join(comparison.cell_section(cell, cell_rows(*cell[:4]), result("compare_methods")))
 
 
-def short_schedule_anneal() -> str:
-    """The 12 + 6 fp32 rerun of JST's schedule ablation (its own record file: the cell's
-    other records in compare_methods.json ran on older code)."""
-    store = result("compare_anneal_short")
-    cell = ("resnet20", 12, 6, "fp32", "flops")
-    return "\n".join(comparison.cell_section(cell, comparison.cells(store)[cell], store))
+def short_rerun(name: str) -> Callable[[], str]:
+    """A 12 + 6 fp32 rerun in its own record file, JST beside the variants it is paired
+    with at one commit (the cell's records in compare_methods.json ran on older code)."""
+
+    def render() -> str:
+        store = result(name)
+        return "\n".join(
+            comparison.cell_section(SHORT_FP32, comparison.cells(store)[SHORT_FP32], store)
+        )
+
+    return render
 
 
 def ablations(precision: str) -> Callable[[], str]:
@@ -122,6 +128,49 @@ def ablations(precision: str) -> Callable[[], str]:
         return "\n".join(comparison.ablation_table(rows))
 
     return render
+
+
+# The rule written down before the long cell's ablations ran (docs/jst_experiments.md,
+# fourth session): a mechanism whose removal is not worse on validation, pooled over the
+# ResNet-20 fp32 cells at budget 0.3, goes. variant -> (record file, cell) per cell; the
+# combined removal pairs with the 12 + 6 JST rerun at its own commit.
+SHORT_FP32, LONG_FP32 = ("resnet20", 12, 6, "fp32", "flops"), ("resnet20", 60, 30, "fp32", "flops")
+MECHANISM_PAIRS = {
+    "jst-no-gates": (("compare_methods", SHORT_FP32), ("compare_methods", LONG_FP32)),
+    "jst-no-thresholding": (("compare_methods", SHORT_FP32), ("compare_methods", LONG_FP32)),
+    "jst-no-freeze": (("compare_methods", SHORT_FP32), ("compare_methods", LONG_FP32)),
+    "jst-no-gates-no-thresholding": (
+        ("compare_combined_short", SHORT_FP32),
+        ("compare_methods", LONG_FP32),
+    ),
+}
+RULE_BUDGET = 0.3
+
+
+def mechanism_rule() -> str:
+    """Each removal's validation differences to JST, pooled over both fp32 cells."""
+    lines = [
+        "| variant | variant − jst, validation (points): 12 + 6 seeds 0–2; 60 + 30 seeds 0–2 "
+        "| pooled mean ± std | 95 % interval | p | pairs | rule |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for variant, sources in MECHANISM_PAIRS.items():
+        diffs, parts = [], []
+        for name, cell in sources:
+            rows = comparison.cells(result(name))[cell]
+            jst = comparison.by_seed(rows, RULE_BUDGET, "jst")
+            other = comparison.by_seed(rows, RULE_BUDGET, variant)
+            seeds = sorted(set(jst) & set(other))
+            cell_diffs = comparison.paired(other, jst, seeds, "val_top1").diffs if seeds else ()
+            diffs += cell_diffs
+            parts.append(", ".join(f"{d:+.2f}" for d in cell_diffs) or "–")
+        pooled = paired_difference(diffs, [0.0] * len(diffs))
+        rule = "qualifies for removal (mean ≥ 0)" if pooled.mean >= 0 else "stays (mean < 0)"
+        lines.append(
+            f"| {variant} | {'; '.join(parts)} | {pooled.mean:+.2f} ± {pooled.std:.2f} "
+            f"| {pooled.interval()} | {pooled.p_text()} | {len(diffs)} | {rule} |"
+        )
+    return "\n".join(lines)
 
 
 def search_cost() -> str:
@@ -220,8 +269,10 @@ BLOCKS: dict[tuple[str, str], Callable[[], str]] = {
     ("docs/jst_vs_baselines.md", "comparison"): readme_comparison,
     ("docs/jst_vs_baselines.md", "long-schedule"): long_schedule_seeds("bf16"),
     ("docs/jst_vs_baselines.md", "long-schedule-fp32"): long_schedule_fp32,
-    ("docs/jst_experiments.md", "schedule-ablation-short"): short_schedule_anneal,
+    ("docs/jst_experiments.md", "schedule-ablation-short"): short_rerun("compare_anneal_short"),
+    ("docs/jst_experiments.md", "combined-removal-short"): short_rerun("compare_combined_short"),
     ("docs/jst_experiments.md", "teacher-probe"): teacher_probe,
+    ("docs/jst_experiments.md", "mechanism-rule"): mechanism_rule,
     ("docs/jst_vs_baselines.md", "search-cost"): search_cost,
     ("docs/jst_experiments.md", "ablations-fp32"): ablations("fp32"),
     ("docs/jst_experiments.md", "ablations-bf16"): ablations("bf16"),
