@@ -30,6 +30,8 @@ from significance import paired_difference
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = "uv run python benchmarks/published.py"
+# the ResNet-20 fp32 cells: (arch, search epochs, fine-tune epochs, precision, budget metric)
+SHORT_FP32, LONG_FP32 = ("resnet20", 12, 6, "fp32", "flops"), ("resnet20", 60, 30, "fp32", "flops")
 
 
 def readme_comparison() -> str:
@@ -105,8 +107,8 @@ def long_schedule_seeds(precision: str) -> Callable[[], str]:
 
 def long_schedule_fp32() -> str:
     """The fp32 long cell: JST against its best baseline, its time, the ablations."""
-    cell = ("resnet20", 60, 30, "fp32", "flops")
-    return "\n".join(comparison.cell_section(cell, cell_rows(*cell[:4]), result("compare_methods")))
+    rows = cell_rows(*LONG_FP32[:4])
+    return "\n".join(comparison.cell_section(LONG_FP32, rows, result("compare_methods")))
 
 
 def short_rerun(name: str) -> Callable[[], str]:
@@ -134,7 +136,6 @@ def ablations(precision: str) -> Callable[[], str]:
 # fourth session): a mechanism whose removal is not worse on validation, pooled over the
 # ResNet-20 fp32 cells at budget 0.3, goes. variant -> (record file, cell) per cell; the
 # combined removal pairs with the 12 + 6 JST rerun at its own commit.
-SHORT_FP32, LONG_FP32 = ("resnet20", 12, 6, "fp32", "flops"), ("resnet20", 60, 30, "fp32", "flops")
 MECHANISM_PAIRS = {
     "jst-no-gates": (("compare_methods", SHORT_FP32), ("compare_methods", LONG_FP32)),
     "jst-no-thresholding": (("compare_methods", SHORT_FP32), ("compare_methods", LONG_FP32)),

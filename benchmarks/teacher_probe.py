@@ -81,11 +81,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+    command = shlex.join(["uv", "run", "python", "benchmarks/teacher_probe.py", *given])
     out = Path(args.out)
     store = json.loads(out.read_text()) if out.exists() else {"runs": []}
     for seed in args.seeds:
         record = probe(args, seed)
-        record["command"] = shlex.join(["uv", "run", "python", *sys.argv])
+        record["command"] = command
         same = ("arch", "budget", "seed", "search_epochs", "precision")
         others = [r for r in store["runs"] if any(r[k] != record[k] for k in same)]
         store["runs"] = [*others, record]

@@ -20,6 +20,7 @@ def test_probe_measures_the_target_and_leaves_the_search_unchanged(tmp_path):
     out = tmp_path / "probe.json"
     probe.main([*ARGS, "--seeds", "0", "--out", str(out)])
     (record,) = json.loads(out.read_text())["runs"]
+    assert record["command"].startswith("uv run python benchmarks/teacher_probe.py --dataset")
     iterations = record["iterations"]
     assert all(0 <= i["target_val_top1"] <= 1 for i in iterations)
     assert iterations[-1]["val_top1"] is not None  # the last iteration meets the final budget

@@ -94,10 +94,9 @@ def test_the_registered_version_describes_its_architecture(client: MlflowClient)
     assert "params " in description and tags["arch_sha256"] in description
     rows = dict(
         (group, (int(kept), int(dense)))
+        # the table's columns are aligned: padded with spaces
         for group, kept, dense in re.findall(
-            r"^\| ([\w.]+) +\| +(\d+) \| +(\d+) \|$",
-            description,
-            re.M,  # aligned columns
+            r"^\| ([\w.]+) +\| +(\d+) \| +(\d+) \|$", description, re.M
         )
     )
     dense = dense_spec("resnet20", (1, 8, 8), 10).widths
