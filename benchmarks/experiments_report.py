@@ -16,7 +16,7 @@ import statistics
 from collections.abc import Callable
 
 import comparison_report as comparison
-from records import SEARCH_COST_RECORDS, result, span
+from records import SEARCH_COST_RECORDS, result, search_cost_timings, span
 from significance import mean_std
 
 DOC = "docs/jst_experiments.md"
@@ -204,19 +204,14 @@ def search_cost_history() -> str:
         )
     for name in SEARCH_COST_RECORDS:
         r = result(name)
-        rounds = r["rounds"]
-        # the shipped knobs, then every variant timed in the same rounds
-        timed = [("", _knobs(r))] + [
-            (f"{variant}_", "`" + json.dumps(v["overrides"]) + "` (in the same rounds)")
-            for variant, v in r.get("variants", {}).items()
-        ]
-        for prefix, knobs in timed:
-            cpu = [x[f"{prefix}cpu_ratio"] for x in rounds]
-            wall = [x[f"{prefix}ratio"] for x in rounds]
+        for variant, overrides, cpu, wall in search_cost_timings(r):
+            knobs = _knobs(r)
+            if variant is not None:
+                knobs = "`" + json.dumps(overrides) + "` (in the same rounds)"
             ratios.append(statistics.median(cpu))
             lines.append(
                 f"| {_numerics(r)} | {knobs}, {r['search_epochs']:g} search epochs "
-                f"| **{statistics.median(cpu):.2f}** (CPU time, median of {len(rounds)} "
+                f"| **{statistics.median(cpu):.2f}** (CPU time, median of {len(cpu)} "
                 f"alternating rounds, {span(cpu)}); wall {statistics.median(wall):.2f} "
                 f"({span(wall)}) | {_machine(r)} | `benchmarks/results/{name}.json` "
                 f"({_commit(r)}) |"

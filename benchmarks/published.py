@@ -25,7 +25,14 @@ import comparison_report as comparison
 import data_report
 import experiments_report
 import performance_report
-from records import SEARCH_COST_RECORDS, machine_text, metrics, result, signed
+from records import (
+    SEARCH_COST_RECORDS,
+    machine_text,
+    metrics,
+    result,
+    search_cost_timings,
+    signed,
+)
 from significance import paired_difference
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -192,20 +199,17 @@ def search_cost() -> str:
 
 
 def _search_cost_rows(r: dict) -> list[str]:
-    rounds = r["rounds"]
-    timed = [("", "shipped")] + [
-        (f"{name}_", f"`{name}`: " + ", ".join(f"`{k}: {v}`" for k, v in v["overrides"].items()))
-        for name, v in r.get("variants", {}).items()
-    ]
     rows = []
-    for prefix, knobs in timed:
-        for label, key, bold in (("CPU time of the process", "cpu_ratio", True),
-                                 ("wall time", "ratio", False)):  # fmt: skip
-            values = sorted(x[f"{prefix}{key}"] for x in rounds)
+    for name, overrides, cpu, wall in search_cost_timings(r):
+        knobs = "shipped"
+        if name is not None:
+            knobs = f"`{name}`: " + ", ".join(f"`{k}: {v}`" for k, v in overrides.items())
+        for label, values, bold in (("CPU time of the process", cpu, True),
+                                    ("wall time", wall, False)):  # fmt: skip
             median = f"{statistics.median(values):.2f}"
             rows.append(
                 f"| {knobs} | {label} | {f'**{median}**' if bold else median} "
-                f"| {values[0]:.2f}–{values[-1]:.2f} | {len(rounds)} |"
+                f"| {min(values):.2f}–{max(values):.2f} | {len(values)} |"
             )
     return rows
 

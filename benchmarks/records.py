@@ -16,6 +16,25 @@ METRICS = ROOT / "metrics"
 SEARCH_COST_RECORDS = ("search_cost", "search_cost_60")
 
 
+def search_cost_timings(r: dict) -> list[tuple[str | None, dict, list[float], list[float]]]:
+    """A search_cost.py record's timed settings, each as (variant name, its search.jst
+    overrides, CPU-time ratios, wall-time ratios) over the rounds: the shipped knobs
+    first (name None), then every variant timed in the same rounds."""
+    settings = [(None, {}, "")] + [
+        (name, v["overrides"], f"{name}_") for name, v in r.get("variants", {}).items()
+    ]
+    rounds = r["rounds"]
+    return [
+        (
+            name,
+            overrides,
+            [x[f"{prefix}cpu_ratio"] for x in rounds],
+            [x[f"{prefix}ratio"] for x in rounds],
+        )
+        for name, overrides, prefix in settings
+    ]
+
+
 def result(name: str):
     return json.loads((RESULTS / f"{name}.json").read_text())
 
