@@ -114,8 +114,9 @@ def long_schedule_seeds(precision: str) -> Callable[[], str]:
 
 def long_schedule_fp32() -> str:
     """The fp32 long cell: JST against its best baseline, its time, the ablations."""
-    rows = cell_rows(*LONG_FP32[:4])
-    return "\n".join(comparison.cell_section(LONG_FP32, rows, result("compare_methods")))
+    store = result("compare_methods")
+    rows = comparison.cells(store)[LONG_FP32]
+    return "\n".join(comparison.cell_section(LONG_FP32, rows, store))
 
 
 def short_rerun(name: str) -> Callable[[], str]:
@@ -162,10 +163,12 @@ def mechanism_rule() -> str:
         "| pooled mean ± std | 95 % interval | p | pairs | rule |",
         "|---|---|---|---|---|---|---|",
     ]
+    names = {name for sources in MECHANISM_PAIRS.values() for name, _ in sources}
+    cells = {name: comparison.cells(result(name)) for name in names}
     for variant, sources in MECHANISM_PAIRS.items():
         diffs, parts = [], []
         for name, cell in sources:
-            rows = comparison.cells(result(name))[cell]
+            rows = cells[name][cell]
             jst = comparison.by_seed(rows, RULE_BUDGET, "jst")
             other = comparison.by_seed(rows, RULE_BUDGET, variant)
             seeds = sorted(set(jst) & set(other))
